@@ -1,0 +1,64 @@
+# ECRL — every target bootstraps what it needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_VERSION ?= 3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# Where downloaded/built tools are cached (outside the repo, shared between clones).
+ECRL_CACHE ?= $(HOME)/.cache/ecrl
+export UV_CACHE_DIR ?= $(HOME)/.cache/uv
+
+.PHONY: help demo test test-unit lint fmt bench train calibrate clean venv venv-dev
+
+help: ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n",$$1,$$2}'
+
+$(UV):
+	python3 -m pip install --quiet --user uv==0.13.9 || python3 -m pip install --quiet uv==0.13.9
+
+$(VENV)/.base-stamp: requirements/base.lock pyproject.toml | $(UV)
+	$(UV) venv --quiet --allow-existing -p $(PYTHON_VERSION) $(VENV)
+	$(UV) pip sync --quiet -p $(PY) requirements/base.lock
+	$(UV) pip install --quiet -p $(PY) --no-deps -e .
+	@touch $@
+
+$(VENV)/.dev-stamp: requirements/dev.lock pyproject.toml | $(UV)
+	$(UV) venv --quiet --allow-existing -p $(PYTHON_VERSION) $(VENV)
+	$(UV) pip sync --quiet -p $(PY) requirements/dev.lock
+	$(UV) pip install --quiet -p $(PY) --no-deps -e .
+	@touch $@ $(VENV)/.base-stamp
+
+venv: $(VENV)/.base-stamp ## create .venv with the runtime dependencies (pinned)
+venv-dev: $(VENV)/.dev-stamp ## create .venv with runtime + training + test dependencies (pinned)
+
+lock: | $(UV) ## re-resolve requirements/*.lock from pyproject.toml
+	$(UV) pip compile -q -p $(PYTHON_VERSION) pyproject.toml -o requirements/base.lock
+	$(UV) pip compile -q -p $(PYTHON_VERSION) pyproject.toml --extra train --extra dev -o requirements/dev.lock
+
+demo: $(VENV)/.base-stamp ## run the default comparison on the embedded twin (all baselines + oracle, N=5) and print the KPI table
+	$(VENV)/bin/ecrl demo --out results/demo
+
+test: $(VENV)/.dev-stamp ## lint, then the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+test-unit: $(VENV)/.dev-stamp ## fast unit tests only
+	$(PY) -m pytest -q tests/unit
+
+lint: $(VENV)/.dev-stamp ## ruff lint + format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+fmt: $(VENV)/.dev-stamp ## format and autofix
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+bench: $(VENV)/.dev-stamp ## benchmarks: twin env-steps/s, demo wall time (figures go to BENCHMARKS.md)
+	$(PY) -m ecrl.bench
+
+calibrate: $(VENV)/.dev-stamp ## measure MobileNetV4-conv-small on this CPU (torch -> ONNX -> onnxruntime) and write a twin profile
+	$(VENV)/bin/ecrl calibrate local-cpu --out ecrl/profiles/local-cpu-mobilenetv4.yaml
+
+clean: ## remove build outputs and results (keeps the cache in ~/.cache)
+	rm -rf $(VENV) results .pytest_cache .ruff_cache build *.egg-info

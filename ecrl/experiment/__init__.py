@@ -1,0 +1,1 @@
+"""Experiment harness: modes × load profiles × repeats, KPIs, statistics and reports."""
