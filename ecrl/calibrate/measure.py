@@ -104,7 +104,9 @@ class MachineInfo:
     torch_version: str
     onnxruntime_version: str
     date: str
-    """ISO-8601 UTC timestamp of the measurement."""
+    """ISO-8601 UTC timestamp of the start of the measurement."""
+    load_avg_1m: float
+    """1-minute load average before measuring: other work on the box skews every timing."""
 
 
 @dataclass(frozen=True)
@@ -241,10 +243,9 @@ def time_kserve_json(
     body = encode_kserve_json(tensor)
     encode_s: list[float] = []
     decode_s: list[float] = []
-    with tqdm(
-        total=warmup + repeats, desc="kserve json", file=sys.stderr, disable=not progress
-    ) as bar:
-        for i in range(warmup + repeats):
+    runs = warmup + repeats
+    with tqdm(total=runs, desc="kserve json", file=sys.stderr, disable=not progress) as bar:
+        for i in range(runs):
             start = timer()
             body = encode_kserve_json(tensor)
             encoded = timer()
@@ -262,16 +263,22 @@ def time_kserve_json(
     )
 
 
-def _rss_bytes() -> int:
-    """Resident set size of this process, from /proc (Linux only)."""
+def _proc_field(path: str, key: str) -> str | None:
+    """First ``key: value`` of a /proc text file, or None where it is absent (non-Linux)."""
     try:
-        status = Path("/proc/self/status").read_text()
+        lines = Path(path).read_text().splitlines()
     except FileNotFoundError:
-        raise Permanent("measuring session memory needs Linux /proc/self/status") from None
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise Permanent("/proc/self/status has no VmRSS line")
+        return None
+    pairs = (ln.split(":", 1) for ln in lines if ":" in ln)
+    return next((value.strip() for name, value in pairs if name.strip() == key), None)
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc only: memory figures need it)."""
+    vm_rss = _proc_field("/proc/self/status", "VmRSS")
+    if vm_rss is None:
+        raise Permanent("measuring session memory needs Linux /proc/self/status (VmRSS)")
+    return int(vm_rss.split()[0]) * 1024
 
 
 def measure_session_memory(
@@ -294,23 +301,21 @@ def measure_session_memory(
     return SessionMemory(load_s, max(0, rss_batch1 - rss_before), max(0, per_item))
 
 
-def _proc_field(path: str, key: str) -> str | None:
-    """First ``key: value`` of a /proc text file, or None where it is absent (non-Linux)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        return None
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(key)), None)
-
-
 def describe_machine(clock: Callable[[], dt.datetime]) -> MachineInfo:
     """CPU model, core counts, RAM and library versions of this machine.
 
     Off Linux the CPU model falls back to ``platform.processor()`` and RAM reads 0 (unknown).
     """
     mem_total = _proc_field("/proc/meminfo", "MemTotal")
+    cpu_model = _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown"
+    family, model = (
+        _proc_field("/proc/cpuinfo", "cpu family"),
+        _proc_field("/proc/cpuinfo", "model"),
+    )
+    if family and model:  # VMs often mask the model name; family/model still identify the core
+        cpu_model = f"{cpu_model} (family {family}, model {model})"
     return MachineInfo(
-        cpu_model=_proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
+        cpu_model=cpu_model,
         logical_cpus=os.cpu_count() or 1,
         usable_cpus=len(os.sched_getaffinity(0)),
         ram_bytes=int(mem_total.split()[0]) * 1024 if mem_total else 0,
@@ -318,16 +323,20 @@ def describe_machine(clock: Callable[[], dt.datetime]) -> MachineInfo:
         torch_version=torch.__version__,
         onnxruntime_version=ort.__version__,
         date=clock().isoformat(timespec="seconds"),
+        load_avg_1m=os.getloadavg()[0],
     )
 
 
-def _check_batch_sizes(batch_sizes: Sequence[int]) -> tuple[int, ...]:
-    """The twin's ComputeTable needs ≥ 2 strictly increasing sizes starting at 1."""
+def _check_settings(batch_sizes: Sequence[int], **counts: int) -> tuple[int, ...]:
+    """Reject settings the twin cannot use: its ComputeTable needs >= 2 increasing sizes from 1."""
     sizes = tuple(batch_sizes)
-    increasing = all(b2 > b1 for b1, b2 in itertools.pairwise(sizes))
-    if len(sizes) < 2 or sizes[0] != 1 or not increasing:
+    if len(sizes) < 2 or sizes[0] != 1 or any(b2 <= b1 for b1, b2 in itertools.pairwise(sizes)):
         problem = f"{sizes} must be >= 2 strictly increasing sizes starting at 1"
         raise ConfigError("measure_local_cpu", "batch_sizes", problem)
+    for name, value in counts.items():
+        lowest = 0 if name == "warmup" else 1
+        if value < lowest:
+            raise ConfigError("measure_local_cpu", name, f"{value} is outside [{lowest}, inf]")
     return sizes
 
 
@@ -353,15 +362,9 @@ def measure_local_cpu(
     ``workdir`` (kept) or to a temporary directory (deleted). ``seed`` drives the weights
     and every input. Progress bars go to stderr when ``progress`` is true.
     """
-    sizes = _check_batch_sizes(batch_sizes)
-    for name, value, lowest in (
-        ("repeats", repeats, 1),
-        ("json_repeats", json_repeats, 1),
-        ("warmup", warmup, 0),
-    ):
-        if value < lowest:
-            raise ConfigError("measure_local_cpu", name, f"{value} is outside [{lowest}, inf]")
+    sizes = _check_settings(batch_sizes, repeats=repeats, json_repeats=json_repeats, warmup=warmup)
     n_threads = threads if threads is not None else len(os.sched_getaffinity(0))
+    machine = describe_machine(clock)  # before any work, so the load average is the box's own
     model = build_mobilenetv4_conv_small(seed=seed)
     with tempfile.TemporaryDirectory(prefix="ecrl-calibrate-") as tmp:
         onnx_path = export_onnx(model, Path(workdir or tmp) / f"{MODEL_NAME}.onnx")
@@ -385,23 +388,29 @@ def measure_local_cpu(
         repeats=repeats,
         warmup=warmup,
         seed=seed,
-        machine=describe_machine(clock),
+        machine=machine,
     )
 
 
-# Assumed figures for a CPU "device" (no power or thermal sensors are visible in a VM).
-RAM_BUDGET_RATIO = 0.5
-"""Share of physical RAM assumed left to inference pods (the rest: OS, kubelet, load gen)."""
-POWER_MAX_W_PER_CPU = 4.4
-"""A 280 W, 64-core EPYC (e.g. 7763, AMD spec): one core's share of TDP at full load."""
-POWER_IDLE_RATIO = 0.25
-"""Idle draw as a share of full-load draw (assumed)."""
+@dataclass(frozen=True)
+class CpuAssumptions:
+    """Figures a CPU "device" profile needs but a VM cannot measure (no power/thermal sensors)."""
+
+    ram_budget_ratio: float = 0.5
+    """Share of physical RAM left to inference pods (the rest: OS, kubelet, load generator)."""
+    power_max_w_per_cpu: float = 3.75
+    """One core's share of package TDP at full load; the source is ``power_source``."""
+    power_source: str = "EPYC 9654 (Zen 4): 360 W TDP / 96 cores, AMD spec"
+    power_idle_ratio: float = 0.25
+    """Idle draw as a share of full-load draw."""
+
 
 _PROFILE_TEMPLATE = """\
 # Local CPU profile: {m.model_name} on ONNX Runtime's CPU execution provider.
 # Written by ecrl.calibrate.measure (measure_local_cpu + write_profile) on {mc.date}:
 #   CPU {mc.cpu_model!r}, {mc.usable_cpus} usable of {mc.logical_cpus} logical CPUs, {ram_gib} GiB;
-#   Python {mc.python_version}, torch {mc.torch_version}, onnxruntime {mc.onnxruntime_version}.
+#   Python {mc.python_version}, torch {mc.torch_version}, onnxruntime {mc.onnxruntime_version};
+#   1-minute load average before measuring: {mc.load_avg_1m:.2f}.
 #   Model: plain-torch rebuild (ecrl.calibrate.mobilenetv4), random init, seed {m.seed};
 #   ONNX opset {m.opset}, {m.onnx_bytes} bytes; {m.repeats} timed runs after {m.warmup} warm-up
 #   runs per batch size, {m.threads} intra-op threads.
@@ -416,10 +425,11 @@ model:
   gmacs: {gmacs}  # measured: Conv2d/Linear forward hooks, 224 px ({m.macs} MACs; paper 0.2 G)
   input_shape: {input_shape}  # measured: the exported model's input, per image
 gpu:
-  name: {device_q}  # measured: /proc/cpuinfo model name, threads used
-  vram_bytes: {ram_budget}  # assumed: {ram_ratio:.0%} of the measured MemTotal ({mc.ram_bytes} B)
-  power_idle_w: {power_idle}  # assumed: {idle_ratio:.0%} of power_max_w (no RAPL in this VM)
-  power_max_w: {power_max}  # assumed: {w_per_cpu} W per used core (280 W / 64-core EPYC, AMD)
+  name: {device_q}  # measured: /proc/cpuinfo model name (family, model), threads used
+  # assumed: {a.ram_budget_ratio:.0%} of the measured MemTotal ({mc.ram_bytes} B) is left to pods
+  vram_bytes: {ram_budget}
+  power_idle_w: {power_idle}  # assumed: {a.power_idle_ratio:.0%} of power_max_w (no RAPL in a VM)
+  power_max_w: {power_max}  # assumed: {a.power_max_w_per_cpu} W per used core ({a.power_source})
   temp_idle_c: 35.0  # assumed: profile default (no thermal sensor visible in this VM)
   temp_max_c: 83.0  # assumed: profile default (no thermal sensor visible in this VM)
   background_util_ratio: 0.0  # assumed: the measured cores run nothing else
@@ -476,12 +486,15 @@ def _exec_rows(m: Measurements) -> str:
     return "\n".join(rows)
 
 
-def profile_yaml(m: Measurements, name: str = "local-cpu-mobilenetv4") -> str:
+def profile_yaml(
+    m: Measurements, name: str = "local-cpu-mobilenetv4", assumptions: CpuAssumptions | None = None
+) -> str:
     """Profile YAML text for ``m`` in the ``ecrl.twin.profile`` format, a comment per figure."""
+    a = assumptions or CpuAssumptions()
     mc, js, mem = m.machine, m.json_path, m.memory
     b1, enc, dec = m.exec_stats[0], js.encode, js.decode
     latency_std = math.sqrt(b1.std_s**2 + enc.std_s**2 + dec.std_s**2)
-    power_max = POWER_MAX_W_PER_CPU * m.threads
+    power_max = a.power_max_w_per_cpu * m.threads
     description = (
         f"{m.model_name} on ORT CPU EP, {mc.cpu_model}, {m.threads} threads "
         f"(measured {mc.date[:10]}; assumed figures marked)"
@@ -491,6 +504,7 @@ def profile_yaml(m: Measurements, name: str = "local-cpu-mobilenetv4") -> str:
         mc=mc,
         js=js,
         mem=mem,
+        a=a,
         ram_gib=f"{mc.ram_bytes / 2**30:.1f}",
         name_q=json.dumps(name),
         description_q=json.dumps(description),
@@ -498,12 +512,9 @@ def profile_yaml(m: Measurements, name: str = "local-cpu-mobilenetv4") -> str:
         gmacs=_num(m.macs / 1e9),
         input_shape=list(m.input_shape),
         device_q=json.dumps(f"{mc.cpu_model} ({m.threads} threads)"),
-        ram_budget=int(mc.ram_bytes * RAM_BUDGET_RATIO),
-        ram_ratio=RAM_BUDGET_RATIO,
-        power_idle=_num(power_max * POWER_IDLE_RATIO),
-        idle_ratio=POWER_IDLE_RATIO,
+        ram_budget=int(mc.ram_bytes * a.ram_budget_ratio),
+        power_idle=_num(power_max * a.power_idle_ratio),
         power_max=_num(power_max),
-        w_per_cpu=POWER_MAX_W_PER_CPU,
         batch_sizes=list(m.batch_sizes),
         exec_rows=_exec_rows(m),
         enc_how=_how(enc),
@@ -518,12 +529,15 @@ def profile_yaml(m: Measurements, name: str = "local-cpu-mobilenetv4") -> str:
 
 
 def write_profile(
-    measurements: Measurements, out_path: str | Path, name: str = "local-cpu-mobilenetv4"
+    measurements: Measurements,
+    out_path: str | Path,
+    name: str = "local-cpu-mobilenetv4",
+    assumptions: CpuAssumptions | None = None,
 ) -> Profile:
     """Write the profile YAML for ``measurements``, then load it back to prove it is valid.
 
     Returns the loaded Profile; a figure the twin would reject raises ConfigError here.
     """
     out = Path(out_path)
-    out.write_text(profile_yaml(measurements, name))
+    out.write_text(profile_yaml(measurements, name, assumptions))
     return load_profile(str(out))

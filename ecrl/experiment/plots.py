@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
 
 from ecrl.experiment.kpis import KPI_BY_NAME, KPI_NAMES
 from ecrl.experiment.stats import COST_KPI, significance_marks
@@ -146,6 +147,9 @@ def plot_profile_series(
     lat_ax = axes[0]
     if _finite_max(runs["latency_p95_s"].to_numpy(dtype=float)) > 0:
         lat_ax.set_yscale("log")
+        # Plain numbers ("200", not "2×10²") on the decades and, when the range is short, between.
+        lat_ax.yaxis.set_major_formatter(LogFormatter())
+        lat_ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     if slo_p95_s is not None and not math.isnan(slo_p95_s):
         lat_ax.axhline(slo_p95_s * 1000.0, color="black", ls="--", lw=1.2, label="SLO")
     axes[1].set_ylim(bottom=0)

@@ -64,12 +64,18 @@ def pod_step(
     dt_s: float,
     timeout_s: float,
     max_queue_size: float,
+    mean_rate_rps: np.ndarray | None = None,
 ) -> PodStep:
     """Serve ``queue + arrivals`` requests for ``dt_s`` seconds on one pod.
 
     ``gpu_slowdown`` (≥ 1) stretches batch execution when other contexts share the GPU
     (time-slicing); ``gpu_speed`` scales the profile's execution table to this card.
     Requests that would wait longer than ``timeout_s`` or overflow ``max_queue_size`` fail.
+
+    The stationary waiting-time formulas use ``mean_rate_rps`` (the arrival rate averaged over
+    several seconds) when given: second-to-second Poisson noise is already carried by the
+    fluid backlog, and feeding it into a formula that assumes a stationary queue would count
+    it twice (and overstate waits through Jensen's inequality near ρ → 1).
     """
     s = profile.server
     table = profile.compute
@@ -95,6 +101,8 @@ def pod_step(
     queue_end = backlog - failed
 
     rate = served / dt_s
+    if mean_rate_rps is not None:
+        rate = np.minimum(mean_rate_rps, cap_rps)
     rho_cpu = np.where(cpu_cap > 0, rate / np.maximum(cpu_cap, 1e-9), 0.0)
     rho_gpu = rate / np.maximum(gpu_cap, 1e-9)
     cores = np.maximum(np.floor(cpu_limit_cores), 1.0)
@@ -109,6 +117,7 @@ def pod_step(
     # Batch forming: with spare capacity, a request waits for the delay window (or until the
     # batch fills); once the queue is saturated, batches are full and nobody waits to form.
     per_inst = np.maximum(rate / n, 1e-9)
+    rate = served / dt_s
     form = np.where((b < max_batch) & (delay_s > 0), 0.5 * np.minimum(delay_s, (b - 1.0) / per_inst), 0.0)
     base = s.client_overhead_s + s.cpu_s_per_request + w_cpu + form + cyc
     w0 = queue / safe_cap

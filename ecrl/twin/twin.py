@@ -34,6 +34,10 @@ LOADING_CPU_CORES = 1.0
 """CPU a starting Triton pod burns while loading the model (why HPA has a CPU init period)."""
 FAST_FAIL_S = 0.002
 """Latency of a request refused because no pod is ready (connection refused)."""
+RATE_WINDOW_S = 10.0
+"""Averaging window of the arrival rate fed to the stationary waiting-time formulas."""
+CLOSED_LOOP_GAIN = 0.3
+"""Share of the latency change that closed-loop users react to within one step."""
 MAX_BACKOFF_S = 300.0
 """Kubelet CrashLoopBackOff cap (5 min)."""
 
@@ -104,6 +108,7 @@ class Twin:
         self.qtime_ema = np.zeros((e, p))
         self.conc_ema = np.zeros((e, p))
         self.rate_ema = np.zeros((e, p))
+        self.arrival_ema = np.zeros((e, p))
         self.metrics_age = np.zeros((e, p))
         self.mem_used = np.zeros((e, p))
         # Triton-style cumulative counters per pod (reset when a pod is recreated).
@@ -357,7 +362,9 @@ class Twin:
             dt,
             d.request_timeout_s,
             d.max_queue_size,
+            mean_rate_rps=self.arrival_ema,
         )
+        self.arrival_ema += min(1.0, dt / RATE_WINDOW_S) * (arrivals / dt - self.arrival_ema)
         served = np.where(ready, ps.served, 0.0)
         failed_pod = np.where(ready, ps.failed, 0.0)
         self.queue = np.where(ready, ps.queue_end, self.queue)
@@ -372,7 +379,10 @@ class Twin:
         )
         fail_lat = np.where(tot_failed > 0, FAST_FAIL_S, 0.0)
         loop_lat = np.where(np.isnan(lat_avg), np.where(tot_failed > 0, fail_lat, self.last_latency_s), lat_avg)
-        self.last_latency_s = loop_lat
+        # Users react to the latency of their own last request; averaged over users and over a
+        # step, the loop responds with a lag. Damping it avoids a limit cycle that real
+        # Locust runs do not show (per-user feedback is continuous, not once per second).
+        self.last_latency_s = self.last_latency_s + CLOSED_LOOP_GAIN * (loop_lat - self.last_latency_s)
         p95, p99, hist = self._latency_quantiles(ps, served)
         self.window_p95 = np.roll(self.window_p95, -1, axis=1)
         self.window_served = np.roll(self.window_served, -1, axis=1)
@@ -453,22 +463,38 @@ class Twin:
             self.totals["oom_kills"] += np.bincount(r, minlength=self.n_envs)
             self._crash(r, c)
 
-    def _latency_quantiles(self, ps: PodStep, served: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        w = served
+    def _latency_quantiles(
+        self, ps: PodStep, served: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """p95 (and with histograms p99 and the step's histogram) of the requests served."""
+        if self.record_histograms:
+            x = np.broadcast_to(self.hist_edges_s, (*served.shape, len(self.hist_edges_s)))
+            cdf = latency_cdf_edges(ps, x)
+            cdf[..., -1] = 1.0  # the last bucket is +Inf
+            hist = (np.diff(cdf, axis=-1) * served[..., None]).sum(axis=1)
+            p95 = rows_histogram_quantile(hist, self.hist_edges_s, 0.95)
+            p99 = rows_histogram_quantile(hist, self.hist_edges_s, 0.99)
+            return p95, p99, hist
         tail = ps.jitter_s + ps.wait_mean_s
-        lo = np.where(w > 0, ps.base_s, np.inf).min(axis=1)
-        hi = np.where(w > 0, ps.base_s + ps.w1_s + ps.w0_s + 25.0 * tail, 0.0).max(axis=1)
+        lo = np.where(served > 0, ps.base_s, np.inf).min(axis=1)
+        hi = np.where(served > 0, ps.base_s + ps.w1_s + ps.w0_s + 25.0 * tail, 0.0).max(axis=1)
         lo = np.where(np.isfinite(lo), lo, 0.0)
-        p95 = mixture_quantile(0.95, w, lo, hi, ps.cdf)
-        if not self.record_histograms:
-            return p95, np.full(self.n_envs, np.nan), None
-        p99 = mixture_quantile(0.99, w, lo, hi, ps.cdf)
-        edges = self.hist_edges_s
-        x = np.broadcast_to(edges, (*w.shape, len(edges)))
-        cdf = latency_cdf_edges(ps, x)
-        cdf[..., -1] = 1.0  # the last bucket is +Inf
-        hist = (np.diff(cdf, axis=-1) * w[..., None]).sum(axis=1)
-        return p95, p99, hist
+        p95 = mixture_quantile(0.95, served, lo, hi, ps.cdf)
+        return p95, np.full(self.n_envs, np.nan), None
+
+
+def rows_histogram_quantile(hist: np.ndarray, edges: np.ndarray, q: float) -> np.ndarray:
+    """Prometheus-style quantile per row of ``hist`` (linear inside the bucket); NaN if empty."""
+    total = hist.sum(axis=1)
+    cum = np.cumsum(hist, axis=1)
+    rank = q * total
+    i = np.minimum((cum < rank[:, None]).sum(axis=1), hist.shape[1] - 1)
+    rows = np.arange(hist.shape[0])
+    below = np.where(i > 0, cum[rows, np.maximum(i - 1, 0)], 0.0)
+    inside = hist[rows, i]
+    frac = np.where(inside > 0, (rank - below) / np.where(inside > 0, inside, 1.0), 0.0)
+    val = edges[i] + (edges[i + 1] - edges[i]) * np.clip(frac, 0.0, 1.0)
+    return np.where(total > 0, val, np.nan)
 
 
 def latency_cdf_edges(ps: PodStep, x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,150 @@
+"""The ``ecrl`` command: demo, experiment, calibrate (each with --help and an example).
+
+The CLI is the only layer that prints for people; everything below it returns data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+from ecrl.config import from_file
+from ecrl.errors import ConfigError
+from ecrl.experiment.runner import (
+    BASELINE_MODE,
+    DEFAULT_MODES,
+    ORACLE_MODE,
+    ExperimentConfig,
+    resolve_profile,
+    run_experiment,
+)
+from ecrl.load.shapes import BUILTIN_SHAPES, SEED_SHAPES, get_shape
+from ecrl.twin.spec import ClusterSpec
+
+EPILOG_DEMO = "example: ecrl demo --out results/demo"
+EPILOG_EXP = (
+    "examples:\n"
+    "  ecrl experiment --modes hpa-cpu,kpa,oracle --shapes step,bursty --repeats 5\n"
+    "  ecrl experiment --trace my_production_trace.csv --repeats 10 --out results/trace"
+)
+EPILOG_CAL = "example: ecrl calibrate local-cpu --out ecrl/profiles/local-cpu-mobilenetv4.yaml"
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _add_experiment_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    p.add_argument("--modes", type=_csv, default=DEFAULT_MODES, help="comma-separated modes (default: %(default)s)")
+    p.add_argument("--shapes", type=_csv, default=SEED_SHAPES, help=f"built-in shapes: {', '.join(BUILTIN_SHAPES)}")
+    p.add_argument("--trace", action="append", default=[], help="a CSV trace (time_s + users|rps); repeatable")
+    p.add_argument("--repeats", type=int, default=5, help="repeats per (mode, shape) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; every run records its own (default: %(default)s)")
+    p.add_argument("--cluster", default=None, help="cluster scenario YAML (default: the one-GPU reference box)")
+    p.add_argument("--profile", default=None, help="calibration profile name or YAML (overrides the cluster's)")
+    p.add_argument("--time-scale", type=float, default=1.0, help="stretch/compress every shape in time")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (default: %(default)s)")
+    p.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _run_comparison(args: argparse.Namespace) -> int:
+    cluster = from_file(ClusterSpec, args.cluster) if args.cluster else ClusterSpec()
+    profile = resolve_profile(args.profile or cluster.profile)
+    shapes = [get_shape(s) for s in args.shapes] + [get_shape(t) for t in args.trace]
+    cfg = ExperimentConfig(
+        modes=args.modes,
+        shapes=tuple(s.name for s in shapes),
+        repeats=args.repeats,
+        seed=args.seed,
+        time_scale=args.time_scale,
+        jobs=args.jobs,
+    )
+    from ecrl.experiment.report import format_kpi_table, write_report
+    from ecrl.experiment.stats import summarize
+
+    t0 = time.perf_counter()
+    kpis, series = run_experiment(cfg, cluster, profile, shapes=shapes, progress=not args.no_progress)
+    wall_s = time.perf_counter() - t0
+    baseline = BASELINE_MODE if BASELINE_MODE in cfg.modes else cfg.modes[0]
+    oracle = ORACLE_MODE if ORACLE_MODE in cfg.modes else None
+    meta = {
+        "backend": "twin (embedded digital twin; emulated, not hardware)",
+        "modes": list(cfg.modes),
+        "profiles": list(cfg.shapes),
+        "repeats": cfg.repeats,
+        "seed": cfg.seed,
+        "seeds": sorted(set(int(s) for s in kpis["seed"])),
+        "config_hash": cfg.config_hash(cluster, profile),
+        "twin_profile": profile.name,
+        "cluster": cluster.name,
+        "slo_p95_s": cluster.slo_p95_s,
+        "baseline_mode": baseline,
+        "oracle_mode": oracle,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "wall_time_s": round(wall_s, 1),
+    }
+    files = write_report(args.out, kpis, series, meta)
+    print(format_kpi_table(summarize(kpis, baseline, oracle)))
+    print(f"\n{len(kpis)} runs in {wall_s:.1f} s · report: {files.markdown} and {files.html}")
+    Path(args.out, "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from ecrl.calibrate.measure import measure_local_cpu, write_profile
+
+    sizes = tuple(int(b) for b in _csv(args.batch_sizes))
+    m = measure_local_cpu(sizes, repeats=args.repeats, threads=args.threads, progress=not args.no_progress)
+    prof = write_profile(m, args.out)
+    print(f"wrote {args.out} ({prof.name})")
+    for b, t in zip(prof.compute.batch_sizes, prof.compute.exec_s, strict=True):
+        print(f"  batch {b:>3}: {t * 1e3:8.2f} ms  ({b / t:7.1f} img/s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecrl", description="Learned GPU-inference control: twin, policies, experiments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo",
+        help="default comparison on the embedded twin (all baselines + oracle, seed shapes, N=5)",
+        epilog=EPILOG_DEMO,
+    )
+    _add_experiment_args(demo, "results/demo")
+    demo.set_defaults(func=_run_comparison)
+    exp = sub.add_parser(
+        "experiment",
+        help="compare modes over load shapes/traces with repeats and statistics",
+        epilog=EPILOG_EXP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_experiment_args(exp, "results/experiment")
+    exp.set_defaults(func=_run_comparison)
+    cal = sub.add_parser("calibrate", help="measure a model server and write a twin profile", epilog=EPILOG_CAL)
+    cal.add_argument("target", choices=["local-cpu"], help="local-cpu: MobileNetV4-conv-small via onnxruntime here")
+    cal.add_argument("--out", default="ecrl/profiles/local-cpu-mobilenetv4.yaml")
+    cal.add_argument("--batch-sizes", default="1,2,4,8,16,32")
+    cal.add_argument("--repeats", type=int, default=20)
+    cal.add_argument("--threads", type=int, default=None)
+    cal.add_argument("--no-progress", action="store_true")
+    cal.set_defaults(func=_calibrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"ecrl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
