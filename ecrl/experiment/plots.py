@@ -103,7 +103,9 @@ def _users_twin(ax: Axes, users: pd.Series) -> None:
     """Offered users as a grey area on a right-hand axis, drawn behind the mode lines."""
     twin = ax.twinx()
     t = users.index.to_numpy(dtype=float)
-    twin.fill_between(t, 0, users.to_numpy(dtype=float), step="post", color=_USERS_COLOR, alpha=0.15)
+    twin.fill_between(
+        t, 0, users.to_numpy(dtype=float), step="post", color=_USERS_COLOR, alpha=0.15
+    )
     twin.step(t, users.to_numpy(dtype=float), where="post", color=_USERS_COLOR, lw=0.8)
     twin.set_ylabel("offered users", color=_USERS_COLOR)
     twin.tick_params(axis="y", colors=_USERS_COLOR)
@@ -149,7 +151,9 @@ def plot_profile_series(
         lat_ax.set_yscale("log")
         # Plain numbers ("200", not "2×10²") on the decades and, when the range is short, between.
         lat_ax.yaxis.set_major_formatter(LogFormatter())
-        lat_ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        lat_ax.yaxis.set_minor_formatter(
+            LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+        )
     if slo_p95_s is not None and not math.isnan(slo_p95_s):
         lat_ax.axhline(slo_p95_s * 1000.0, color="black", ls="--", lw=1.2, label="SLO")
     axes[1].set_ylim(bottom=0)
@@ -221,7 +225,9 @@ def plot_profile_kpis(
         _kpi_panel(ax, rows[rows["kpi"] == kpi], kpi, colors, oracle_mode)
     for ax in axes[len(kpis) :]:
         ax.set_visible(False)
-    fig.suptitle(f"{profile}: KPI mean ± 95 % CI (* p<0.05, ** p<0.01, *** p<0.001 Welch vs baseline)")
+    fig.suptitle(
+        f"{profile}: KPI mean ± 95 % CI (* p<0.05, ** p<0.01, *** p<0.001 Welch vs baseline)"
+    )
     return _save(fig, path)
 
 

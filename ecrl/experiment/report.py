@@ -368,5 +368,7 @@ def format_kpi_table(summary: pd.DataFrame, profile: str | None = None) -> str:
                     row.append(_ratio_text(c.ratio_to_oracle))
             rows.append(row)
         blocks.append(f"profile: {p}\n{_text_table(headers, rows)}")
-    legend = "± = 95 % CI half-width (t, N repeats); * p<0.05 ** p<0.01 *** p<0.001 (Welch vs baseline)"
+    legend = (
+        "± = 95 % CI half-width (t, N repeats); * p<0.05 ** p<0.01 *** p<0.001 (Welch vs baseline)"
+    )
     return "\n\n".join([*blocks, legend])

@@ -144,8 +144,8 @@ def _adapter_milli(value: float) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class _Groups:
-    """``groupPods`` output: metric values of counted pods plus the set-aside pod names."""
+class PodGroups:
+    """``groupPods`` output: metric values of the counted pods and the set-aside pod names."""
 
     metrics: dict[str, int]
     ready_count: int
@@ -155,7 +155,7 @@ class _Groups:
 
 def group_pods(
     pods: tuple[PodMetrics, ...], values: dict[str, int | None], now_s: float, cfg: HpaConfig
-) -> _Groups:
+) -> PodGroups:
     """Split pods as upstream ``groupPods`` does: counted, unready (set aside) and missing.
 
     A pod that is not ready, was never ready and has no metric stands for upstream's
@@ -177,7 +177,7 @@ def group_pods(
             unready.append(pod.name)
             continue
         metrics[pod.name] = value
-    return _Groups(metrics, len(metrics), tuple(unready), tuple(missing))
+    return PodGroups(metrics, len(metrics), tuple(unready), tuple(missing))
 
 
 def _cpu_sample_unready(pod: PodMetrics, now_s: float, cfg: HpaConfig) -> bool:
@@ -195,7 +195,7 @@ def _cpu_sample_unready(pod: PodMetrics, now_s: float, cfg: HpaConfig) -> bool:
 
 
 def replica_count(
-    groups: _Groups,
+    groups: PodGroups,
     current: int,
     tolerance: float,
     ratio_of: Callable[[dict[str, int]], float],

@@ -52,7 +52,9 @@ def make_series(
                     "replicas_ready": replicas,
                     "replicas_pending": np.zeros(duration_s),
                     "gpu_replicas": replicas,
-                    "gpu_util_ratio": np.clip(overload * 0.7 + rng.normal(0, 0.02, duration_s), 0, 1),
+                    "gpu_util_ratio": np.clip(
+                        overload * 0.7 + rng.normal(0, 0.02, duration_s), 0, 1
+                    ),
                     "cpu_util_ratio": np.clip(overload * 0.5, 0, 1),
                     "memory_util_ratio": np.full(duration_s, 0.4),
                     "vram_used_bytes": replicas * 1.5e9,
@@ -120,19 +122,23 @@ def make_kpis(
     return pd.DataFrame(rows)
 
 
-@pytest.fixture
+# Session-scoped: building the frames is cheap but the report and plot fixtures that use them are
+# module-scoped. Tests must not change them in place — copy first (``df.copy()``).
+
+
+@pytest.fixture(scope="session")
 def synthetic_series() -> pd.DataFrame:
     """3 modes × 2 profiles × 2 repeats × 60 s of per-second series."""
     return make_series()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def synthetic_kpis() -> pd.DataFrame:
     """3 modes × 2 profiles × 5 repeats of per-run KPIs, some missing."""
     return make_kpis()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def meta() -> dict[str, object]:
     """Run description as the experiment harness passes it to the report."""
     return {

@@ -10,8 +10,14 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from ecrl.experiment.plots import display_scale, file_stem, mode_colors, write_plots
-from ecrl.experiment.stats import summarize
+from ecrl.experiment.plots import (
+    display_scale,
+    file_stem,
+    mode_colors,
+    plot_profile_series,
+    write_plots,
+)
+from ecrl.experiment.stats import COST_KPI, summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -24,11 +30,25 @@ def _png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def test_write_plots_writes_a_series_and_a_kpi_png_per_profile(
-    tmp_path: Path, synthetic_series: pd.DataFrame, synthetic_kpis: pd.DataFrame
-) -> None:
+@pytest.fixture(scope="module")
+def written(
+    tmp_path_factory: pytest.TempPathFactory,
+    synthetic_series: pd.DataFrame,
+    synthetic_kpis: pd.DataFrame,
+) -> tuple[list[Path], list[int], list[int]]:
+    """Plots of the synthetic runs, written once, with pyplot's open figures before and after."""
     summary = summarize(synthetic_kpis, "baseline", "oracle")
-    paths = write_plots(tmp_path, synthetic_series, summary, slo_p95_s=0.1, oracle_mode="oracle")
+    before = plt.get_fignums()
+    paths = write_plots(
+        tmp_path_factory.mktemp("plots"), synthetic_series, summary, 0.1, oracle_mode="oracle"
+    )
+    return paths, before, plt.get_fignums()
+
+
+def test_write_plots_writes_a_series_and_a_kpi_png_per_profile(
+    written: tuple[list[Path], list[int], list[int]],
+) -> None:
+    paths, _, _ = written
     assert [p.name for p in paths] == [
         "00_step_series.png",
         "00_step_kpis.png",
@@ -40,33 +60,34 @@ def test_write_plots_writes_a_series_and_a_kpi_png_per_profile(
         assert 600 <= width <= 2000 and 400 <= height <= 2000
 
 
-def test_dpi_sets_the_pixel_size_of_the_figures(
-    tmp_path: Path, synthetic_series: pd.DataFrame, synthetic_kpis: pd.DataFrame
-) -> None:
-    summary = summarize(synthetic_kpis, "baseline", "oracle")
-    low = write_plots(tmp_path / "low", synthetic_series, summary, dpi=50)
-    high = write_plots(tmp_path / "high", synthetic_series, summary, dpi=100)
-    assert _png_size(high[0])[0] == 2 * _png_size(low[0])[0]
-
-
 def test_plotting_leaves_no_pyplot_figures_open(
-    tmp_path: Path, synthetic_series: pd.DataFrame, synthetic_kpis: pd.DataFrame
+    written: tuple[list[Path], list[int], list[int]],
 ) -> None:
-    before = plt.get_fignums()
-    write_plots(tmp_path, synthetic_series, summarize(synthetic_kpis, "baseline", "oracle"))
-    assert plt.get_fignums() == before
+    _, before, after = written
+    assert after == before
+
+
+def test_dpi_sets_the_pixel_size_of_the_figures(
+    tmp_path: Path, synthetic_series: pd.DataFrame
+) -> None:
+    colors = mode_colors(synthetic_series["mode"])
+    low = plot_profile_series(synthetic_series, "step", tmp_path / "low.png", colors, dpi=50)
+    high = plot_profile_series(synthetic_series, "step", tmp_path / "high.png", colors, dpi=100)
+    assert _png_size(high) == (2 * _png_size(low)[0], 2 * _png_size(low)[1])
 
 
 def test_plots_tolerate_missing_series_values_and_missing_kpis(
     tmp_path: Path, synthetic_series: pd.DataFrame, synthetic_kpis: pd.DataFrame
 ) -> None:
-    series = synthetic_series.copy()
+    series = synthetic_series[synthetic_series["profile"] == "step"].copy()
     series.loc[series["mode"] == "rl", ["latency_p95_s", "gpu_util_ratio"]] = math.nan
-    kpis = synthetic_kpis.copy()
+    series.loc[series["time_s"] < 10, "replicas_ready"] = math.nan
+    kpis = synthetic_kpis[synthetic_kpis["profile"] == "step"].copy()
     kpis.loc[kpis["mode"] == "rl", "latency_p95_s"] = math.nan
+    kpis.loc[kpis["mode"] == "oracle", COST_KPI] = math.nan
     summary = summarize(kpis, "baseline", "oracle")
     paths = write_plots(tmp_path, series, summary, slo_p95_s=0.1, oracle_mode="oracle")
-    assert len(paths) == 4
+    assert len(paths) == 2
     assert all(p.stat().st_size > 0 for p in paths)
 
 
@@ -75,7 +96,11 @@ def test_profile_without_series_gets_only_its_kpi_bars(
 ) -> None:
     series = synthetic_series[synthetic_series["profile"] == "step"]
     paths = write_plots(tmp_path, series, summarize(synthetic_kpis, "baseline"))
-    assert [p.name for p in paths] == ["00_step_series.png", "00_step_kpis.png", "01_constant_kpis.png"]
+    assert [p.name for p in paths] == [
+        "00_step_series.png",
+        "00_step_kpis.png",
+        "01_constant_kpis.png",
+    ]
 
 
 @pytest.mark.parametrize(

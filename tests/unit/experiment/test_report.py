@@ -23,14 +23,15 @@ from ecrl.experiment.stats import COST_KPI, summarize
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def report(
-    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
     synthetic_kpis: pd.DataFrame,
     synthetic_series: pd.DataFrame,
     meta: dict[str, object],
 ) -> ReportFiles:
-    return write_report(tmp_path / "out", synthetic_kpis, synthetic_series, meta)
+    """One report of the synthetic runs, written once and only read by the tests (plots are slow)."""
+    return write_report(tmp_path_factory.mktemp("report"), synthetic_kpis, synthetic_series, meta)
 
 
 def _hand_kpis() -> pd.DataFrame:
@@ -38,7 +39,12 @@ def _hand_kpis() -> pd.DataFrame:
     rows = []
     for mode, costs in (("baseline", [100.0, 102.0, 98.0, 100.0, 100.0]), ("oracle", [50.0] * 5)):
         for repeat, cost in enumerate(costs):
-            row: dict[str, object] = {"mode": mode, "profile": "flat", "repeat": repeat, "seed": repeat}
+            row: dict[str, object] = {
+                "mode": mode,
+                "profile": "flat",
+                "repeat": repeat,
+                "seed": repeat,
+            }
             row.update(dict.fromkeys(KPI_NAMES, 1.0))
             row[COST_KPI] = cost
             rows.append(row)
@@ -66,7 +72,14 @@ def test_format_mean_ci_shows_three_digits_missing_and_partial_counts(
 
 
 @pytest.mark.parametrize(
-    ("p", "text"), [(0.0001, "<0.001 ***"), (0.0042, "0.004 **"), (0.03, "0.030 *"), (0.2, "0.200"), (math.nan, "—")]
+    ("p", "text"),
+    [
+        (0.0001, "<0.001 ***"),
+        (0.0042, "0.004 **"),
+        (0.03, "0.030 *"),
+        (0.2, "0.200"),
+        (math.nan, "—"),
+    ],
 )
 def test_format_p_appends_significance_marks(p: float, text: str) -> None:
     assert format_p(p) == text
@@ -152,7 +165,9 @@ def test_report_kpi_table_shows_mean_ci_with_units_and_missing_counts(
     assert "<td>Latency p95 (ms) ↓</td>" in page and f"<td>{cell}</td>" in page
     assert re.search(r"Time to react to a load step \(s\) ↓ \| [^|]+ \| [^|]+\(n=3/5\)", md)
     constant = md[md.index("### Profile: constant") :]
-    assert re.search(r"Time to react to a load step \(s\) ↓ \| missing \| missing \| missing", constant)
+    assert re.search(
+        r"Time to react to a load step \(s\) ↓ \| missing \| missing \| missing", constant
+    )
 
 
 def test_report_shows_p_values_vs_baseline_with_marks(
@@ -160,7 +175,9 @@ def test_report_shows_p_values_vs_baseline_with_marks(
 ) -> None:
     summary = summarize(synthetic_kpis, "baseline", "oracle")
     row = summary[
-        (summary["profile"] == "step") & (summary["mode"] == "oracle") & (summary["kpi"] == COST_KPI)
+        (summary["profile"] == "step")
+        & (summary["mode"] == "oracle")
+        & (summary["kpi"] == COST_KPI)
     ].iloc[0]
     md = report.markdown.read_text(encoding="utf-8")
     assert f"Welch {format_p(row['p_welch'])} · MWU {format_p(row['p_mwu'])}" in md
@@ -179,8 +196,8 @@ def test_hand_computed_cost_floor_row(tmp_path: Path) -> None:
 def test_report_without_oracle_says_there_is_no_cost_floor(
     tmp_path: Path, synthetic_kpis: pd.DataFrame, synthetic_series: pd.DataFrame
 ) -> None:
-    kpis = synthetic_kpis[synthetic_kpis["mode"] != "oracle"]
-    series = synthetic_series[synthetic_series["mode"] != "oracle"]
+    kpis = synthetic_kpis.query("mode != 'oracle' and profile == 'step'")
+    series = synthetic_series.query("mode != 'oracle' and profile == 'step'")
     files = write_report(tmp_path, kpis, series, {"slo_p95_s": 0.1})
     assert "No oracle mode was run" in files.markdown.read_text(encoding="utf-8")
 
@@ -200,9 +217,19 @@ def test_terminal_table_lists_every_mode_and_fits_120_columns(synthetic_kpis: pd
     text = format_kpi_table(summarize(synthetic_kpis, "baseline", "oracle"))
     assert max(len(line) for line in text.splitlines()) <= 120
     assert text.count("profile: ") == 2
-    for header in ("p95 (ms)", "SLO viol. (%)", "throughput (req/s)", "cost (replica·s)", "cost/oracle"):
+    for header in (
+        "p95 (ms)",
+        "SLO viol. (%)",
+        "throughput (req/s)",
+        "cost (replica·s)",
+        "cost/oracle",
+    ):
         assert header in text
-    rows = [line.split()[0] for line in text.splitlines() if line.startswith(("baseline", "rl", "oracle"))]
+    rows = [
+        line.split()[0]
+        for line in text.splitlines()
+        if line.startswith(("baseline", "rl", "oracle"))
+    ]
     assert rows == ["baseline", "rl", "oracle"] * 2
 
 

@@ -196,7 +196,9 @@ def test_significance_marks_follow_the_conventional_thresholds(p: float, marks: 
 # --- summarize -----------------------------------------------------------------------------------
 
 
-def _runs(values: dict[str, list[float]], kpi: str = COST_KPI, profile: str = "step") -> pd.DataFrame:
+def _runs(
+    values: dict[str, list[float]], kpi: str = COST_KPI, profile: str = "step"
+) -> pd.DataFrame:
     """KPI table where only ``kpi`` varies; every other KPI is 1.0."""
     rows = []
     for mode, vals in values.items():
@@ -210,7 +212,9 @@ def _runs(values: dict[str, list[float]], kpi: str = COST_KPI, profile: str = "s
 
 
 def _row(summary: pd.DataFrame, mode: str, kpi: str, profile: str = "step") -> pd.Series:
-    sel = summary[(summary["mode"] == mode) & (summary["kpi"] == kpi) & (summary["profile"] == profile)]
+    sel = summary[
+        (summary["mode"] == mode) & (summary["kpi"] == kpi) & (summary["profile"] == profile)
+    ]
     assert len(sel) == 1
     return sel.iloc[0]
 
@@ -248,9 +252,7 @@ def test_summarize_gives_no_p_values_for_the_baseline_and_scipy_values_for_other
 
 
 def test_summarize_reports_missing_kpis_as_missing_never_filled() -> None:
-    kpis = _runs(
-        {"baseline": [math.nan] * 3, "rl": [4.0, math.nan, 6.0]}, kpi="reaction_time_s"
-    )
+    kpis = _runs({"baseline": [math.nan] * 3, "rl": [4.0, math.nan, 6.0]}, kpi="reaction_time_s")
     summary = summarize(kpis, "baseline")
     b = _row(summary, "baseline", "reaction_time_s")
     assert (b["n"], b["n_missing"]) == (0, 3)

@@ -16,6 +16,7 @@ LONG_AGO = -10_000.0  # started and ready long before the test: outside every in
 def pod(
     name: str,
     cpu: float | None = None,
+    *,
     queue_s: float | None = None,
     ready: bool = True,
     start: float = LONG_AGO,
@@ -34,6 +35,7 @@ def pod(
 def observe(
     t: float,
     pods: list[PodMetrics],
+    *,
     desired: int | None = None,
     lo: int = 1,
     hi: int = 20,
@@ -225,7 +227,8 @@ def test_hpa_scale_down_limit_above_current_holds_instead_of_scaling_up() -> Non
 
 
 def test_hpa_disabled_scale_down_never_removes_pods() -> None:
-    policy = hpa(behavior={"scale_down": {"stabilization_window_s": 0, "select_policy": "Disabled"}})
+    never_down = {"scale_down": {"stabilization_window_s": 0, "select_policy": "Disabled"}}
+    policy = hpa(behavior=never_down)
     for step in range(5):
         assert replicas_after(policy, observe(15.0 * step, cpu_pods(4, 0.01))) == 4
 

@@ -62,6 +62,7 @@ def run(
     start: float,
     end: float,
     replicas: int,
+    *,
     hi: int = 50,
 ) -> list[Step]:
     """Tick every 2 s; the total in-flight demand is spread over the (instantly ready) pods."""
