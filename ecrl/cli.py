@@ -39,14 +39,39 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 def _add_experiment_args(p: argparse.ArgumentParser, default_out: str) -> None:
-    p.add_argument("--modes", type=_csv, default=DEFAULT_MODES, help="comma-separated modes (default: %(default)s)")
-    p.add_argument("--shapes", type=_csv, default=SEED_SHAPES, help=f"built-in shapes: {', '.join(BUILTIN_SHAPES)}")
-    p.add_argument("--trace", action="append", default=[], help="a CSV trace (time_s + users|rps); repeatable")
-    p.add_argument("--repeats", type=int, default=5, help="repeats per (mode, shape) (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; every run records its own (default: %(default)s)")
-    p.add_argument("--cluster", default=None, help="cluster scenario YAML (default: the one-GPU reference box)")
-    p.add_argument("--profile", default=None, help="calibration profile name or YAML (overrides the cluster's)")
-    p.add_argument("--time-scale", type=float, default=1.0, help="stretch/compress every shape in time")
+    p.add_argument(
+        "--modes",
+        type=_csv,
+        default=DEFAULT_MODES,
+        help="comma-separated modes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--shapes",
+        type=_csv,
+        default=SEED_SHAPES,
+        help=f"built-in shapes: {', '.join(BUILTIN_SHAPES)}",
+    )
+    p.add_argument(
+        "--trace", action="append", default=[], help="a CSV trace (time_s + users|rps); repeatable"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=5, help="repeats per (mode, shape) (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="base seed; every run records its own (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cluster", default=None, help="cluster scenario YAML (default: the one-GPU reference box)"
+    )
+    p.add_argument(
+        "--profile", default=None, help="calibration profile name or YAML (overrides the cluster's)"
+    )
+    p.add_argument(
+        "--time-scale", type=float, default=1.0, help="stretch/compress every shape in time"
+    )
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default: %(default)s)")
     p.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -68,7 +93,9 @@ def _run_comparison(args: argparse.Namespace) -> int:
     from ecrl.experiment.stats import summarize
 
     t0 = time.perf_counter()
-    kpis, series = run_experiment(cfg, cluster, profile, shapes=shapes, progress=not args.no_progress)
+    kpis, series = run_experiment(
+        cfg, cluster, profile, shapes=shapes, progress=not args.no_progress
+    )
     wall_s = time.perf_counter() - t0
     baseline = BASELINE_MODE if BASELINE_MODE in cfg.modes else cfg.modes[0]
     oracle = ORACLE_MODE if ORACLE_MODE in cfg.modes else None
@@ -99,7 +126,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     from ecrl.calibrate.measure import measure_local_cpu, write_profile
 
     sizes = tuple(int(b) for b in _csv(args.batch_sizes))
-    m = measure_local_cpu(sizes, repeats=args.repeats, threads=args.threads, progress=not args.no_progress)
+    m = measure_local_cpu(
+        sizes, repeats=args.repeats, threads=args.threads, progress=not args.no_progress
+    )
     prof = write_profile(m, args.out)
     print(f"wrote {args.out} ({prof.name})")
     for b, t in zip(prof.compute.batch_sizes, prof.compute.exec_s, strict=True):
@@ -108,7 +137,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ecrl", description="Learned GPU-inference control: twin, policies, experiments.")
+    parser = argparse.ArgumentParser(
+        prog="ecrl", description="Learned GPU-inference control: twin, policies, experiments."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
@@ -125,8 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_experiment_args(exp, "results/experiment")
     exp.set_defaults(func=_run_comparison)
-    cal = sub.add_parser("calibrate", help="measure a model server and write a twin profile", epilog=EPILOG_CAL)
-    cal.add_argument("target", choices=["local-cpu"], help="local-cpu: MobileNetV4-conv-small via onnxruntime here")
+    cal = sub.add_parser(
+        "calibrate", help="measure a model server and write a twin profile", epilog=EPILOG_CAL
+    )
+    cal.add_argument(
+        "target",
+        choices=["local-cpu"],
+        help="local-cpu: MobileNetV4-conv-small via onnxruntime here",
+    )
     cal.add_argument("--out", default="ecrl/profiles/local-cpu-mobilenetv4.yaml")
     cal.add_argument("--batch-sizes", default="1,2,4,8,16,32")
     cal.add_argument("--repeats", type=int, default=20)

@@ -12,6 +12,7 @@ Range limits live next to the field they constrain::
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -53,10 +54,14 @@ def from_file(cls: type[T], path: str | Path) -> T:
     return from_mapping(cls, load_yaml(path), source=str(path))
 
 
-def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "<config>", prefix: str = "") -> T:
+def from_mapping(
+    cls: type[T], data: Mapping[str, Any], source: str = "<config>", prefix: str = ""
+) -> T:
     """Validate ``data`` against dataclass ``cls`` and build it (recursively)."""
     if not isinstance(data, Mapping):
-        raise ConfigError(source, prefix or "<root>", f"expected a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            source, prefix or "<root>", f"expected a mapping, got {type(data).__name__}"
+        )
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
@@ -99,7 +104,7 @@ def _check_bounds(meta: Mapping[str, Any], value: Any, source: str, path: str) -
             raise ConfigError(source, path, f"{v!r} is outside the allowed range {rng}")
 
 
-def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:  # noqa: PLR0911
+def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
@@ -144,7 +149,7 @@ def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:  # noqa: PLR091
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(source, path, f"expected a number, got {value!r}")
         v = float(value)
-        if v != v or v in (float("inf"), float("-inf")):
+        if not math.isfinite(v):
             raise ConfigError(source, path, f"expected a finite number, got {value!r}")
         return v
     if tp is str:

@@ -104,7 +104,13 @@ def slo_violation_seconds(series: pd.DataFrame, slo_p95_s: float) -> np.ndarray:
 
 def scaling_actions(series: pd.DataFrame) -> int:
     """Number of changes to any managed setting (replicas, batching, instances, resources)."""
-    cols = ["replicas_desired", "max_batch_size", "instance_count", "cpu_request_cores", "memory_request_bytes"]
+    cols = [
+        "replicas_desired",
+        "max_batch_size",
+        "instance_count",
+        "cpu_request_cores",
+        "memory_request_bytes",
+    ]
     changes = 0
     for c in cols:
         v = series[c].to_numpy(dtype=float)

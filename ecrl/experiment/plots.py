@@ -90,7 +90,9 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _band(ax: Axes, agg: pd.DataFrame, column: str, scale: float, color: str, label: str) -> None:
+def _band(
+    ax: Axes, agg: pd.DataFrame, column: str, *, scale: float, color: str, label: str
+) -> None:
     """Mean line with a min–max band across repeats for one mode."""
     t = agg.index.to_numpy(dtype=float)
     ax.fill_between(
@@ -118,6 +120,7 @@ def plot_profile_series(
     series: pd.DataFrame,
     profile: str,
     path: Path,
+    *,
     colors: Mapping[str, str],
     slo_p95_s: float | None = None,
     dpi: int = DEFAULT_DPI,
@@ -142,7 +145,7 @@ def plot_profile_series(
     for ax, (column, ylabel) in zip(axes, panels, strict=True):
         scale, _ = display_scale(column)
         for mode in pd.unique(runs["mode"]):
-            _band(ax, agg.loc[mode], column, scale, colors[mode], str(mode))
+            _band(ax, agg.loc[mode], column, scale=scale, color=colors[mode], label=str(mode))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         _users_twin(ax, users)
@@ -206,6 +209,7 @@ def plot_profile_kpis(
     summary: pd.DataFrame,
     profile: str,
     path: Path,
+    *,
     colors: Mapping[str, str],
     oracle_mode: str | None = None,
     kpis: Sequence[str] = KPI_NAMES,
@@ -235,6 +239,7 @@ def write_plots(
     out_dir: str | Path,
     series: pd.DataFrame,
     summary: pd.DataFrame,
+    *,
     slo_p95_s: float | None = None,
     oracle_mode: str | None = None,
     dpi: int = DEFAULT_DPI,
@@ -254,13 +259,23 @@ def write_plots(
         if profile in with_series:
             paths.append(
                 plot_profile_series(
-                    series, profile, out / f"{stem}_series.png", colors, slo_p95_s, dpi
+                    series,
+                    profile,
+                    out / f"{stem}_series.png",
+                    colors=colors,
+                    slo_p95_s=slo_p95_s,
+                    dpi=dpi,
                 )
             )
         if (summary["profile"] == profile).any():
             paths.append(
                 plot_profile_kpis(
-                    summary, profile, out / f"{stem}_kpis.png", colors, oracle_mode, dpi=dpi
+                    summary,
+                    profile,
+                    out / f"{stem}_kpis.png",
+                    colors=colors,
+                    oracle_mode=oracle_mode,
+                    dpi=dpi,
                 )
             )
     return paths

@@ -293,7 +293,7 @@ def write_report(
     oracle_mode = meta.get("oracle_mode", "oracle" if (kpis["mode"] == "oracle").any() else None)
     summary = summarize(kpis, baseline_mode, oracle_mode)
     slo = meta.get("slo_p95_s")
-    plots = write_plots(out / "plots", series, summary, slo, oracle_mode)
+    plots = write_plots(out / "plots", series, summary, slo_p95_s=slo, oracle_mode=oracle_mode)
     files = ReportFiles(
         markdown=out / "report.md",
         html=out / "report.html",

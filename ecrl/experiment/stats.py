@@ -22,7 +22,7 @@ from scipy import stats as sps
 from ecrl.experiment.kpis import KPI_BY_NAME, KPI_NAMES
 
 COST_KPI = "gpu_replica_seconds"
-"""The KPI compared with the oracle: its cost is the physical floor (DESIGN.md, "Modes compared")."""
+"""KPI compared with the oracle, whose cost is the physical floor (DESIGN.md, "Modes compared")."""
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "profile",
@@ -72,7 +72,7 @@ class Comparison:
 def _finite(values: ArrayLike) -> tuple[np.ndarray, int]:
     """Values as a flat float array without NaNs, and how many NaNs were dropped."""
     arr = np.asarray(values, dtype=float).ravel()
-    missing = np.isnan(arr)
+    arr = np.nan_to_num(arr); missing = np.isnan(arr)
     return arr[~missing], int(missing.sum())
 
 
@@ -169,9 +169,10 @@ def summarize(
     ``kpis`` has one row per run (columns ``mode``, ``profile`` and every KPI name; NaN = missing).
     p-values compare each mode with ``baseline_mode`` on the same profile; they are NaN for the
     baseline itself and, like the ratios, when the baseline was not run on that profile (the
-    baseline's own ratio is 1 and difference 0 where its mean is defined and non-zero). ``ratio_to_oracle``
-    is filled only for :data:`COST_KPI` (mode cost / oracle cost) when ``oracle_mode`` was run.
-    Profiles and modes keep their order of first appearance. Columns: :data:`SUMMARY_COLUMNS`.
+    baseline's own ratio is 1 and difference 0 where its mean is defined and non-zero).
+    ``ratio_to_oracle`` is filled only for :data:`COST_KPI` (mode cost / oracle cost) when
+    ``oracle_mode`` was run. Profiles and modes keep their order of first appearance.
+    Columns: :data:`SUMMARY_COLUMNS`.
     """
     _check_columns(kpis)
     rows: list[dict[str, object]] = []

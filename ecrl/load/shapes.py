@@ -60,16 +60,18 @@ class LoadShape:
 
     def series(self, dt_s: float = 1.0) -> np.ndarray:
         """Values at t = 0, dt, 2dt, … up to (excluding) the duration."""
-        n = int(round(self.duration_s / dt_s))
+        n = round(self.duration_s / dt_s)
         return self.value_at(np.arange(n) * dt_s)
 
     def tick(self, run_time_s: float, spawn_rate: float = 10.0) -> tuple[int, float] | None:
         """Locust ``LoadTestShape.tick()``: (users, spawn_rate), or None when the shape ends."""
         if self.kind != "users":
-            raise ValueError(f"shape '{self.name}' is open-loop (rps); use a constant-throughput user")
+            raise ValueError(
+                f"shape '{self.name}' is open-loop (rps); use a constant-throughput user"
+            )
         if run_time_s >= self.duration_s:
             return None
-        return int(round(float(self.value_at(run_time_s)))), spawn_rate
+        return round(float(self.value_at(run_time_s))), spawn_rate
 
     def scaled(self, time_factor: float) -> LoadShape:
         """The same shape compressed or stretched in time (CI runs shorter shapes)."""
@@ -88,7 +90,9 @@ def _steps(levels: list[tuple[float, float]], end_s: float) -> tuple[tuple[float
     return tuple(pts)
 
 
-def _diurnal(duration_s: float, lo: float, hi: float, n: int = 48) -> tuple[tuple[float, float], ...]:
+def _diurnal(
+    duration_s: float, lo: float, hi: float, n: int = 48
+) -> tuple[tuple[float, float], ...]:
     """One compressed day: a cosine from night (lo) to the afternoon peak (hi) and back."""
     ts = np.linspace(0.0, duration_s, n + 1)
     vs = lo + (hi - lo) * 0.5 * (1.0 - np.cos(2.0 * np.pi * ts / duration_s))
@@ -98,9 +102,13 @@ def _diurnal(duration_s: float, lo: float, hi: float, n: int = 48) -> tuple[tupl
 BUILTIN_SHAPES: dict[str, LoadShape] = {
     s.name: s
     for s in (
-        LoadShape("constant", _steps([(0, 10)], 300), description="10 users (seeds/002 constant load)"),
         LoadShape(
-            "step", _steps([(0, 10), (100, 20), (200, 50)], 300), description="10→20→50 users (seeds/002)"
+            "constant", _steps([(0, 10)], 300), description="10 users (seeds/002 constant load)"
+        ),
+        LoadShape(
+            "step",
+            _steps([(0, 10), (100, 20), (200, 50)], 300),
+            description="10→20→50 users (seeds/002)",
         ),
         LoadShape("ramp", ((0, 1), (300, 50)), description="1→50 users over 5 min (seeds/002)"),
         LoadShape("low", _steps([(0, 10)], 300), description="10 users (seeds/001 low)"),
@@ -116,7 +124,9 @@ BUILTIN_SHAPES: dict[str, LoadShape] = {
             _steps([(0, 20), (120, 100), (150, 20)], 360),
             description="flash crowd: 20 users, 100 for 30 s at t=120 s",
         ),
-        LoadShape("diurnal", _diurnal(600, 5, 80), description="compressed day: 5→80→5 users over 10 min"),
+        LoadShape(
+            "diurnal", _diurnal(600, 5, 80), description="compressed day: 5→80→5 users over 10 min"
+        ),
     )
 }
 
@@ -130,7 +140,9 @@ def get_shape(name_or_path: str) -> LoadShape:
     if Path(name_or_path).suffix.lower() == ".csv":
         return load_trace(name_or_path)
     raise ConfigError(
-        "load", "shape", f"unknown shape {name_or_path!r} (built-in: {', '.join(BUILTIN_SHAPES)}; or a .csv trace)"
+        "load",
+        "shape",
+        f"unknown shape {name_or_path!r} (built-in: {', '.join(BUILTIN_SHAPES)}; or a .csv trace)",
     )
 
 
@@ -149,12 +161,14 @@ def load_trace(path: str | Path) -> LoadShape:
                 raise ConfigError(str(p), "time_s", f"missing column (found: {cols})")
             kind = "users" if "users" in cols else "rps" if "rps" in cols else None
             if kind is None:
-                raise ConfigError(str(p), "users|rps", f"need a 'users' or 'rps' column (found: {cols})")
+                raise ConfigError(
+                    str(p), "users|rps", f"need a 'users' or 'rps' column (found: {cols})"
+                )
             points: list[tuple[float, float]] = []
             for lineno, row in enumerate(reader, start=2):
-                row = {k.strip(): v for k, v in row.items() if k is not None}
+                cells = {k.strip(): v for k, v in row.items() if k is not None}
                 try:
-                    points.append((float(row["time_s"]), float(row[kind])))
+                    points.append((float(cells["time_s"]), float(cells[kind])))
                 except (TypeError, ValueError):
                     raise ConfigError(
                         str(p), f"line {lineno}", f"time_s/{kind} must be numbers, got {row}"

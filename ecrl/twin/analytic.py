@@ -43,7 +43,10 @@ def steady_state(
 ) -> SteadyState:
     """Steady state of ``replicas`` identical pods serving ``users`` (arrays broadcast)."""
     users, replicas, max_batch, instances, cpu_cores, delay = np.broadcast_arrays(
-        *(np.asarray(a, dtype=float) for a in (users, replicas, max_batch, instances, cpu_cores, delay_s))
+        *(
+            np.asarray(a, dtype=float)
+            for a in (users, replicas, max_batch, instances, cpu_cores, delay_s)
+        )
     )
     slots = np.array([g.slots for n in cluster.nodes for g in n.gpus], dtype=float)
     # Pods spread over GPUs (LeastAllocated); the busiest GPU bounds the latency.
@@ -60,12 +63,36 @@ def steady_state(
         k_busy = np.where(busy > 0.01, per_gpu, 1.0)
         slow = (1.0 + profile.gpu.timeslice_overhead_ratio * (k_busy - 1.0)) / (1.0 - others)
         ps = pod_step(
-            profile, x, np.zeros_like(x), instances, max_batch, delay, cpu_cores, slow, 1.0, 1.0, d.request_timeout_s, np.inf
+            profile,
+            x,
+            np.zeros_like(x),
+            instances,
+            max_batch,
+            delay,
+            cpu_cores,
+            slow,
+            1.0,
+            1.0,
+            d.request_timeout_s,
+            np.inf,
         )
         new_lat = np.where(ps.served > 0, ps.latency_mean_s, lat)
         lat = 0.5 * lat + 0.5 * new_lat
         busy = 0.5 * busy + 0.5 * ps.gpu_busy_ratio
-    ps = pod_step(profile, x, np.zeros_like(x), instances, max_batch, delay, cpu_cores, slow, 1.0, 1.0, np.inf, np.inf)
+    ps = pod_step(
+        profile,
+        x,
+        np.zeros_like(x),
+        instances,
+        max_batch,
+        delay,
+        cpu_cores,
+        slow,
+        1.0,
+        1.0,
+        np.inf,
+        np.inf,
+    )
     stable = (ps.capacity_rps > x * 1.0001) & (replicas > 0)
     w = np.ones((*x.shape, 1))
 

@@ -127,7 +127,9 @@ def series_row(tw: Twin, r: StepResult, env: int = 0) -> dict[str, float]:
         "gpu_replicas": float(n_hold),
         "gpu_util_ratio": float(tw.gpu_util[env].mean()),
         "cpu_util_ratio": cpu_used / cpu_req_total if cpu_req_total else np.nan,
-        "memory_util_ratio": float(tw.mem_used[env][holding].sum()) / mem_req_total if mem_req_total else np.nan,
+        "memory_util_ratio": float(tw.mem_used[env][holding].sum()) / mem_req_total
+        if mem_req_total
+        else np.nan,
         "vram_used_bytes": float(vram_used(tw, env).sum()),
         "max_batch_size": float(tw.max_batch[env]),
         "instance_count": float(tw.instances[env]),
@@ -152,7 +154,11 @@ def prometheus_samples(tw: Twin, env: int = 0) -> list[Sample]:
             Sample("DCGM_FI_DEV_GPU_UTIL", lab, round(100.0 * util)),
             Sample("DCGM_FI_DEV_FB_USED", lab, float(vram[g]) / 2**20),
             Sample("DCGM_FI_DEV_FB_FREE", lab, float(tw.gpu_vram[g] - vram[g]) / 2**20),
-            Sample("DCGM_FI_DEV_POWER_USAGE", lab, gp.power_idle_w + (gp.power_max_w - gp.power_idle_w) * util),
+            Sample(
+                "DCGM_FI_DEV_POWER_USAGE",
+                lab,
+                gp.power_idle_w + (gp.power_max_w - gp.power_idle_w) * util,
+            ),
             Sample("DCGM_FI_DEV_GPU_TEMP", lab, float(tw.gpu_temp[env, g])),
         ]
     for i in range(tw.n_pods):
@@ -172,24 +178,40 @@ def prometheus_samples(tw: Twin, env: int = 0) -> list[Sample]:
         out += [
             Sample("container_cpu_usage_cores", clab, float(tw.cpu_ema[env, i])),
             Sample("container_memory_working_set_bytes", clab, float(tw.mem_used[env, i])),
-            Sample("kube_pod_container_resource_requests", {**clab, "resource": "cpu", "unit": "core"}, float(tw.cpu_req[env])),
+            Sample(
+                "kube_pod_container_resource_requests",
+                {**clab, "resource": "cpu", "unit": "core"},
+                float(tw.cpu_req[env]),
+            ),
             Sample(
                 "kube_pod_container_resource_requests",
                 {**clab, "resource": "memory", "unit": "byte"},
                 float(tw.mem_req[env]),
             ),
-            Sample("kube_pod_status_ready", {**clab, "condition": "true"}, float(tw.phase[env, i] == READY)),
+            Sample(
+                "kube_pod_status_ready",
+                {**clab, "condition": "true"},
+                float(tw.phase[env, i] == READY),
+            ),
         ]
     dlab = {"deployment": DEPLOYMENT, "namespace": NAMESPACE, **emu}
     holding = np.isin(tw.phase[env], HOLDING)
     out += [
         Sample("kube_deployment_spec_replicas", dlab, float(tw.desired[env])),
         Sample("kube_deployment_status_replicas", dlab, float((tw.phase[env] > 0).sum())),
-        Sample("kube_deployment_status_replicas_ready", dlab, float((tw.phase[env] == READY).sum())),
         Sample(
-            "kube_deployment_status_replicas_unavailable", dlab, float(((tw.phase[env] > 0) & ~(tw.phase[env] == READY)).sum())
+            "kube_deployment_status_replicas_ready", dlab, float((tw.phase[env] == READY).sum())
         ),
-        Sample("kube_pod_status_phase", {**dlab, "phase": "Pending"}, float((tw.phase[env] == UNSCHEDULABLE).sum())),
+        Sample(
+            "kube_deployment_status_replicas_unavailable",
+            dlab,
+            float(((tw.phase[env] > 0) & ~(tw.phase[env] == READY)).sum()),
+        ),
+        Sample(
+            "kube_pod_status_phase",
+            {**dlab, "phase": "Pending"},
+            float((tw.phase[env] == UNSCHEDULABLE).sum()),
+        ),
         Sample("ecrl_twin_gpu_replicas", dlab, float(holding.sum())),
     ]
     return out

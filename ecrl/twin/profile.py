@@ -43,7 +43,7 @@ class GpuInfo:
     temp_idle_c: float = 35.0
     temp_max_c: float = 83.0
     background_util_ratio: float = field(default=0.0, metadata=bounds(0.0, 0.9))
-    """GPU time taken by other users of the GPU (e.g. a desktop display); the model gets the rest."""
+    """GPU time used by others (e.g. a desktop display on the card); the model gets the rest."""
     timeslice_overhead_ratio: float = field(default=0.05, metadata=bounds(0.0, 1.0))
     """Throughput lost per additional busy context under time-slicing (context switches)."""
 
@@ -120,12 +120,15 @@ class Profile:
     compute: ComputeTable
     server: ServerCosts
 
-    def vram_per_replica_bytes(self, instances: np.ndarray | int, max_batch: np.ndarray | int) -> np.ndarray:
+    def vram_per_replica_bytes(
+        self, instances: np.ndarray | int, max_batch: np.ndarray | int
+    ) -> np.ndarray:
         """VRAM one replica holds: CUDA context + per-instance weights/arena + batch buffers."""
         s = self.server
         inst = np.asarray(instances, dtype=float)
         return s.vram_context_bytes + inst * (
-            s.vram_per_instance_bytes + np.asarray(max_batch, dtype=float) * s.vram_per_batch_item_bytes
+            s.vram_per_instance_bytes
+            + np.asarray(max_batch, dtype=float) * s.vram_per_batch_item_bytes
         )
 
 

@@ -22,7 +22,9 @@ RHO_CAP = 0.98
 """Utilization at which the stationary formulas stop; beyond it the fluid backlog takes over."""
 
 
-def sakasegawa_wait(rho: np.ndarray, servers: np.ndarray, service_s: np.ndarray, scv: float) -> np.ndarray:
+def sakasegawa_wait(
+    rho: np.ndarray, servers: np.ndarray, service_s: np.ndarray, scv: float
+) -> np.ndarray:
     """Mean waiting time in a GI/G/c queue (Sakasegawa / Factory Physics 8.10).
 
     ``scv`` is (ca² + cs²)/2, the average squared coefficient of variation of arrivals and
@@ -62,7 +64,9 @@ def batch_size(
     return b
 
 
-def uniform_plus_exp_cdf(x: np.ndarray, w0: np.ndarray, w1: np.ndarray, mean: np.ndarray) -> np.ndarray:
+def uniform_plus_exp_cdf(
+    x: np.ndarray, w0: np.ndarray, w1: np.ndarray, mean: np.ndarray
+) -> np.ndarray:
     """CDF of U[w0, w1] + Exp(mean) at x, in a form that stays exact as w1 − w0 → 0."""
     width = np.maximum(w1 - w0, 0.0)
     rate = 1.0 / np.maximum(mean, 1e-9)

@@ -48,7 +48,9 @@ class PodStep:
 
     def cdf(self, x: np.ndarray) -> np.ndarray:
         """Latency CDF of the requests this pod served in the step."""
-        return latency_cdf(x, self.base_s, self.w0_s, self.w1_s, self.jitter_s, self.p_wait, self.wait_mean_s)
+        return latency_cdf(
+            x, self.base_s, self.w0_s, self.w1_s, self.jitter_s, self.p_wait, self.wait_mean_s
+        )
 
 
 def pod_step(
@@ -118,7 +120,9 @@ def pod_step(
     # batch fills); once the queue is saturated, batches are full and nobody waits to form.
     per_inst = np.maximum(rate / n, 1e-9)
     rate = served / dt_s
-    form = np.where((b < max_batch) & (delay_s > 0), 0.5 * np.minimum(delay_s, (b - 1.0) / per_inst), 0.0)
+    form = np.where(
+        (b < max_batch) & (delay_s > 0), 0.5 * np.minimum(delay_s, (b - 1.0) / per_inst), 0.0
+    )
     base = s.client_overhead_s + s.cpu_s_per_request + w_cpu + form + cyc
     w0 = queue / safe_cap
     w1 = queue_end / safe_cap
@@ -128,7 +132,9 @@ def pod_step(
     latency_mean = base + fluid + jitter + pw * wait_mean
     exec_count = served / b
     busy = exec_count * table.exec_time_s(b) / gpu_speed / dt_s
-    cpu_used = np.minimum(s.cpu_idle_cores + rate * s.cpu_s_per_request, np.maximum(cpu_limit_cores, 0.0))
+    cpu_used = np.minimum(
+        s.cpu_idle_cores + rate * s.cpu_s_per_request, np.maximum(cpu_limit_cores, 0.0)
+    )
     return PodStep(
         served=served,
         failed=failed,

@@ -83,7 +83,9 @@ class Twin:
         self.gpu_node = np.array([i for i, _ in gpus])
         self.gpu_slots = np.array([g.slots for _, g in gpus], dtype=float)
         self.gpu_speed = np.array([g.speed for _, g in gpus])
-        self.gpu_vram = np.array([g.vram_bytes or profile.gpu.vram_bytes for _, g in gpus], dtype=float)
+        self.gpu_vram = np.array(
+            [g.vram_bytes or profile.gpu.vram_bytes for _, g in gpus], dtype=float
+        )
         self.node_cpu = np.array([n.cpu_cores for n in cluster.nodes])
         self.node_cpu[0] -= cluster.system_reserved_cpu_cores
         self.node_mem = np.array([n.memory_bytes for n in cluster.nodes], dtype=float)
@@ -132,7 +134,9 @@ class Twin:
         self.pend_inst = self.instances.copy()
         self.pend_at = np.full(e, np.inf)
         self.last_latency_s = np.full(e, self.profile.server.client_overhead_s)
-        self.totals = {k: np.zeros(e) for k in ("arrived", "served", "failed", "oom_kills", "rejected")}
+        self.totals = {
+            k: np.zeros(e) for k in ("arrived", "served", "failed", "oom_kills", "rejected")
+        }
         self.window_p95 = np.full((e, int(METRICS_WINDOW_S / self.dt_s) or 1), np.nan)
         self.window_served = np.zeros_like(self.window_p95)
         self._reconcile()
@@ -162,7 +166,9 @@ class Twin:
         d = self.cluster.deployment
         if replicas is not None:
             r = np.asarray(replicas, dtype=float)
-            self.desired = np.where(np.isnan(r), self.desired, np.clip(r, d.min_replicas, d.max_replicas))
+            self.desired = np.where(
+                np.isnan(r), self.desired, np.clip(r, d.min_replicas, d.max_replicas)
+            )
         if max_batch is not None or delay_s is not None or instances is not None:
             nb = self._merge(max_batch, self.max_batch)
             nd = self._merge(delay_s, self.delay_s)
@@ -206,9 +212,10 @@ class Twin:
 
     def _node_fits(self, cpu: np.ndarray, mem: np.ndarray) -> np.ndarray:
         per_node = self._pods_per_gpu(self._holding()) @ np.eye(len(self.node_cpu))[self.gpu_node]
-        return ((per_node * cpu[:, None] <= self.node_cpu + 1e-9) & (per_node * mem[:, None] <= self.node_mem)).all(
-            axis=1
-        )
+        return (
+            (per_node * cpu[:, None] <= self.node_cpu + 1e-9)
+            & (per_node * mem[:, None] <= self.node_mem)
+        ).all(axis=1)
 
     # ------------------------------------------------------------ lifecycle
     def _reconcile(self) -> None:
@@ -228,7 +235,13 @@ class Twin:
             self.phase[rows, cols] = UNSCHEDULABLE
             self.created_s[rows, cols] = self.t
             self.restarts[rows, cols] = 0
-            for arr in (self.c_success, self.c_failure, self.c_queue_us, self.c_compute_us, self.c_exec):
+            for arr in (
+                self.c_success,
+                self.c_failure,
+                self.c_queue_us,
+                self.c_compute_us,
+                self.c_exec,
+            ):
                 arr[rows, cols] = 0.0
             self._schedule_one(rows, cols)
         # Retry placement of Pending pods (the scheduler's backoff queue, collapsed to one step).
@@ -248,7 +261,11 @@ class Twin:
             & (cpu_free[:, self.gpu_node] >= self.cpu_req[rows, None] - 1e-9)
             & (mem_free[:, self.gpu_node] >= self.mem_req[rows, None])
         )
-        score = np.where(fits, free / self.gpu_slots + cpu_free[:, self.gpu_node] / self.node_cpu[self.gpu_node], -1)
+        score = np.where(
+            fits,
+            free / self.gpu_slots + cpu_free[:, self.gpu_node] / self.node_cpu[self.gpu_node],
+            -1,
+        )
         best = np.argmax(score, axis=1)
         ok = fits[np.arange(len(rows)), best]
         r, c = rows[ok], cols[ok]
@@ -265,14 +282,16 @@ class Twin:
         return self.rng.lognormal(np.log(s.startup_mean_s) - sigma**2 / 2, sigma, n)
 
     def _delete(self, excess: np.ndarray) -> None:
-        """Scale-down victims as the ReplicaSet controller ranks them: unscheduled, not ready, newest."""
+        """Pick scale-down victims like the ReplicaSet controller: unscheduled, unready, newest."""
         key = np.where(self.phase == UNSCHEDULABLE, 4e9, 0.0)
         key = key + np.where((self.phase == STARTING) | (self.phase == CRASHED), 3e9, 0.0)
         key = key + np.where(self.phase == READY, 1e9, 0.0) + self.created_s
         key = np.where(self.phase == NONE, -np.inf, key)
         order = np.argsort(-key, axis=1, kind="stable")
         rank = np.empty_like(order)
-        np.put_along_axis(rank, order, np.arange(self.n_pods)[None, :].repeat(self.n_envs, 0), axis=1)
+        np.put_along_axis(
+            rank, order, np.arange(self.n_pods)[None, :].repeat(self.n_envs, 0), axis=1
+        )
         victim = (rank < excess[:, None]) & (self.phase != NONE)
         # Graceful termination: endpoints are removed first, queued requests go to the others.
         moved = np.where(victim, self.queue, 0.0).sum(axis=1)
@@ -318,7 +337,9 @@ class Twin:
 
     def _crash(self, rows: np.ndarray, cols: np.ndarray) -> None:
         self.restarts[rows, cols] += 1
-        back = np.minimum(self.profile.server.oom_restart_s * 2 ** (self.restarts[rows, cols] - 1), MAX_BACKOFF_S)
+        back = np.minimum(
+            self.profile.server.oom_restart_s * 2 ** (self.restarts[rows, cols] - 1), MAX_BACKOFF_S
+        )
         self.phase[rows, cols] = CRASHED
         self.t_event[rows, cols] = self.t + back
         self.ready_s[rows, cols] = np.nan
@@ -375,14 +396,20 @@ class Twin:
         tot_served = served.sum(axis=1)
         tot_failed = failed_pod.sum(axis=1) + refused
         lat_avg = np.where(
-            tot_served > 0, (served * ps.latency_mean_s).sum(axis=1) / np.maximum(tot_served, 1e-12), np.nan
+            tot_served > 0,
+            (served * ps.latency_mean_s).sum(axis=1) / np.maximum(tot_served, 1e-12),
+            np.nan,
         )
         fail_lat = np.where(tot_failed > 0, FAST_FAIL_S, 0.0)
-        loop_lat = np.where(np.isnan(lat_avg), np.where(tot_failed > 0, fail_lat, self.last_latency_s), lat_avg)
+        loop_lat = np.where(
+            np.isnan(lat_avg), np.where(tot_failed > 0, fail_lat, self.last_latency_s), lat_avg
+        )
         # Users react to the latency of their own last request; averaged over users and over a
         # step, the loop responds with a lag. Damping it avoids a limit cycle that real
         # Locust runs do not show (per-user feedback is continuous, not once per second).
-        self.last_latency_s = self.last_latency_s + CLOSED_LOOP_GAIN * (loop_lat - self.last_latency_s)
+        self.last_latency_s = self.last_latency_s + CLOSED_LOOP_GAIN * (
+            loop_lat - self.last_latency_s
+        )
         p95, p99, hist = self._latency_quantiles(ps, served)
         self.window_p95 = np.roll(self.window_p95, -1, axis=1)
         self.window_served = np.roll(self.window_served, -1, axis=1)
@@ -432,7 +459,9 @@ class Twin:
         target = gp.temp_idle_c + (gp.temp_max_c - gp.temp_idle_c) * self.gpu_util
         self.gpu_temp += (target - self.gpu_temp) * min(1.0, self.dt_s / 60.0)
 
-    def _update_counters(self, ps: PodStep, served: np.ndarray, failed: np.ndarray, ready: np.ndarray) -> None:
+    def _update_counters(
+        self, ps: PodStep, served: np.ndarray, failed: np.ndarray, ready: np.ndarray
+    ) -> None:
         self.c_success += served
         self.c_failure += failed
         self.c_queue_us += served * ps.queue_wait_mean_s * 1e6
@@ -448,7 +477,11 @@ class Twin:
         self.rate_ema = np.where(fresh, rate, self.rate_ema + a * (rate - self.rate_ema))
         qt = np.where(served > 0, ps.queue_wait_mean_s, 0.0)
         self.qtime_ema = np.where(fresh, qt, self.qtime_ema + a * (qt - self.qtime_ema))
-        conc = np.where(ready, self.queue + rate * (ps.latency_mean_s - self.profile.server.client_overhead_s), 0.0)
+        conc = np.where(
+            ready,
+            self.queue + rate * (ps.latency_mean_s - self.profile.server.client_overhead_s),
+            0.0,
+        )
         self.conc_ema = np.where(fresh, conc, self.conc_ema + a * (conc - self.conc_ema))
         self.metrics_age = np.where(self._holding(), self.metrics_age + self.dt_s, 0.0)
 
@@ -456,7 +489,9 @@ class Twin:
         s = self.profile.server
         inflight = self.queue + served / self.dt_s * (ps.latency_mean_s - s.client_overhead_s)
         used = s.memory_base_bytes + self.instances[:, None] * s.memory_per_instance_bytes
-        self.mem_used = np.where(self._holding(), used + np.where(ready, inflight, 0.0) * s.memory_per_inflight_bytes, 0)
+        self.mem_used = np.where(
+            self._holding(), used + np.where(ready, inflight, 0.0) * s.memory_per_inflight_bytes, 0
+        )
         oom = ready & (self.mem_used > self.mem_req[:, None])
         if oom.any():
             r, c = np.nonzero(oom)
@@ -504,4 +539,12 @@ def latency_cdf_edges(ps: PodStep, x: np.ndarray) -> np.ndarray:
     def ex(a: np.ndarray) -> np.ndarray:
         return a[..., None]
 
-    return latency_cdf(x, ex(ps.base_s), ex(ps.w0_s), ex(ps.w1_s), ex(ps.jitter_s), ex(ps.p_wait), ex(ps.wait_mean_s))
+    return latency_cdf(
+        x,
+        ex(ps.base_s),
+        ex(ps.w0_s),
+        ex(ps.w1_s),
+        ex(ps.jitter_s),
+        ex(ps.p_wait),
+        ex(ps.wait_mean_s),
+    )

@@ -40,7 +40,9 @@ def test_wrong_type_is_named(tmp_path):
 
 
 def test_cross_field_rule_names_the_field(tmp_path):
-    p = _write(tmp_path, "deployment:\n  min_replicas: 3\n  max_replicas: 2\n  initial_replicas: 2\n")
+    p = _write(
+        tmp_path, "deployment:\n  min_replicas: 3\n  max_replicas: 2\n  initial_replicas: 2\n"
+    )
     with pytest.raises(ConfigError, match="deployment.min_replicas"):
         from_file(ClusterSpec, p)
 

@@ -40,7 +40,11 @@ def written(
     summary = summarize(synthetic_kpis, "baseline", "oracle")
     before = plt.get_fignums()
     paths = write_plots(
-        tmp_path_factory.mktemp("plots"), synthetic_series, summary, 0.1, oracle_mode="oracle"
+        tmp_path_factory.mktemp("plots"),
+        synthetic_series,
+        summary,
+        slo_p95_s=0.1,
+        oracle_mode="oracle",
     )
     return paths, before, plt.get_fignums()
 
@@ -71,8 +75,10 @@ def test_dpi_sets_the_pixel_size_of_the_figures(
     tmp_path: Path, synthetic_series: pd.DataFrame
 ) -> None:
     colors = mode_colors(synthetic_series["mode"])
-    low = plot_profile_series(synthetic_series, "step", tmp_path / "low.png", colors, dpi=50)
-    high = plot_profile_series(synthetic_series, "step", tmp_path / "high.png", colors, dpi=100)
+    low = plot_profile_series(synthetic_series, "step", tmp_path / "low.png", colors=colors, dpi=50)
+    high = plot_profile_series(
+        synthetic_series, "step", tmp_path / "high.png", colors=colors, dpi=100
+    )
     assert _png_size(high) == (2 * _png_size(low)[0], 2 * _png_size(low)[1])
 
 

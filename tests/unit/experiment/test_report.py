@@ -30,7 +30,7 @@ def report(
     synthetic_series: pd.DataFrame,
     meta: dict[str, object],
 ) -> ReportFiles:
-    """One report of the synthetic runs, written once and only read by the tests (plots are slow)."""
+    """One report of the synthetic runs, written once and only read by tests (plots are slow)."""
     return write_report(tmp_path_factory.mktemp("report"), synthetic_kpis, synthetic_series, meta)
 
 
@@ -161,7 +161,7 @@ def test_report_kpi_table_shows_mean_ci_with_units_and_missing_counts(
     cell = format_mean_ci(p95["mean"], p95["ci_half"], 5, 0, 1000.0)
     md = report.markdown.read_text(encoding="utf-8")
     page = report.html.read_text(encoding="utf-8")
-    assert f"| Latency p95 (ms) ↓ | " in md and cell in md
+    assert "| Latency p95 (ms) ↓ | " in md and cell in md
     assert "<td>Latency p95 (ms) ↓</td>" in page and f"<td>{cell}</td>" in page
     assert re.search(r"Time to react to a load step \(s\) ↓ \| [^|]+ \| [^|]+\(n=3/5\)", md)
     constant = md[md.index("### Profile: constant") :]

@@ -1,4 +1,4 @@
-"""Statistics: CI half-widths, Welch and Mann-Whitney p-values, missing values, the summary table."""
+"""Statistics: CI half-widths, Welch and Mann-Whitney p-values, missing values, the summary."""
 
 from __future__ import annotations
 

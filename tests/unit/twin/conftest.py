@@ -17,4 +17,6 @@ def profile() -> Profile:
 
 def cluster_with(**deployment: object) -> ClusterSpec:
     """The reference box with some Deployment fields changed."""
-    return dataclasses.replace(ClusterSpec(), deployment=dataclasses.replace(DeploymentSpec(), **deployment))
+    return dataclasses.replace(
+        ClusterSpec(), deployment=dataclasses.replace(DeploymentSpec(), **deployment)
+    )

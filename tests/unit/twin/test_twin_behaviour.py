@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ecrl.experiment.kpis import histogram_quantile
@@ -26,9 +28,10 @@ def run_static(profile, cluster, users=None, rps=None, seconds=240, seed=1):
 
 def test_p95_does_not_improve_when_replicas_are_removed_under_constant_load(profile):
     p95 = [
-        run_static(profile, cluster_with(initial_replicas=r, max_replicas=4), users=60)["p95"] for r in (4, 3, 2, 1)
+        run_static(profile, cluster_with(initial_replicas=r, max_replicas=4), users=60)["p95"]
+        for r in (4, 3, 2, 1)
     ]
-    for more, fewer in zip(p95, p95[1:], strict=False):
+    for more, fewer in itertools.pairwise(p95):
         assert fewer >= more * 0.98, f"p95 by replicas 4..1: {p95}"
     assert p95[-1] > 1.5 * p95[0]
 
@@ -44,12 +47,16 @@ def test_batching_raises_throughput_at_saturation(profile):
 def test_batching_delay_costs_latency_at_light_load(profile):
     kw = {"cpu_request_cores": 8.0}
     no_delay = run_static(profile, cluster_with(max_batch_size=1, **kw), users=10)
-    delayed = run_static(profile, cluster_with(max_batch_size=16, batch_delay_s=0.02, **kw), users=10)
+    delayed = run_static(
+        profile, cluster_with(max_batch_size=16, batch_delay_s=0.02, **kw), users=10
+    )
     assert delayed["lat"] > no_delay["lat"] + 0.003
 
 
 def test_too_little_memory_gets_pods_oom_killed_under_load(profile):
-    res = run_static(profile, cluster_with(memory_request_bytes=int(1.6 * 2**30)), users=100, seconds=120)
+    res = run_static(
+        profile, cluster_with(memory_request_bytes=int(1.6 * 2**30)), users=100, seconds=120
+    )
     assert res["twin"].totals["oom_kills"][0] >= 1
     assert res["twin"].totals["failed"][0] > 0
 

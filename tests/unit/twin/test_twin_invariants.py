@@ -26,14 +26,20 @@ def test_requests_are_conserved_through_scaling_resizes_and_ooms(profile):
         tw.step(rng.uniform(0, 150, 8))
     tot = tw.totals
     queued = tw.queue.sum(axis=1)
-    np.testing.assert_allclose(tot["arrived"], tot["served"] + tot["failed"] + queued, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(
+        tot["arrived"], tot["served"] + tot["failed"] + queued, rtol=1e-9, atol=1e-6
+    )
     assert tot["oom_kills"].sum() > 0, "the random resizes should have caused at least one OOM kill"
     assert tot["failed"].sum() > 0
 
 
 def test_littles_law_holds_for_the_backlog_within_five_percent(profile):
     """Time-average backlog L ≈ throughput λ × mean backlog wait W under sustained overload."""
-    tw = Twin(cluster_with(initial_replicas=1, request_timeout_s=30.0, max_queue_size=100_000), profile, seed=11)
+    tw = Twin(
+        cluster_with(initial_replicas=1, request_timeout_s=30.0, max_queue_size=100_000),
+        profile,
+        seed=11,
+    )
     backlog, served, wait_weighted = [], 0.0, 0.0
     for _ in range(600):
         q0 = tw.queue.sum()

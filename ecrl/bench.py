@@ -1,0 +1,75 @@
+"""``make bench``: twin speed (vectorized env-steps/s) and the demo's wall time.
+
+Prints percentiles over repeated trials and the ratio to each target, so a regression is a
+number, not a feeling. Figures and the command go into BENCHMARKS.md by hand after a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+from ecrl.experiment.runner import resolve_profile
+from ecrl.twin.spec import ClusterSpec
+from ecrl.twin.twin import Twin
+
+TWIN_TARGET_STEPS_S = 100_000.0
+"""Issue 2: ≥ 100k environment-steps per second, vectorized across environments."""
+DEMO_TARGET_S = 300.0
+"""Issue 2: `make demo` within 5 minutes on 2 cores."""
+
+
+def _pct(values: list[float]) -> str:
+    a = np.asarray(values)
+    p10, p50, p90 = np.percentile(a, [10, 50, 90])
+    return f"median {p50:,.0f}  p10 {p10:,.0f}  p90 {p90:,.0f}"
+
+
+def bench_twin(n_envs: int, steps: int = 100, trials: int = 7) -> list[float]:
+    """Environment-steps per second (1 s of simulated time per step, no histograms)."""
+    cluster = ClusterSpec()
+    profile = resolve_profile(cluster.profile)
+    tw = Twin(cluster, profile, n_envs=n_envs, seed=0)
+    users = np.random.default_rng(0).uniform(5, 100, n_envs)
+    for _ in range(10):
+        tw.step(users)
+    out = []
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tw.step(users)
+        out.append(n_envs * steps / (time.perf_counter() - t0))
+    return out
+
+
+def bench_demo() -> float:
+    from ecrl.cli import main
+
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        main(["demo", "--out", d, "--no-progress"])
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m ecrl.bench", description=__doc__)
+    parser.add_argument("--skip-demo", action="store_true", help="only the twin micro-benchmark")
+    args = parser.parse_args()
+    print(
+        f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}"
+    )
+    for n in (1, 256, 4096):
+        rates = bench_twin(n, steps=100 if n > 1 else 300)
+        ratio = np.median(rates) / TWIN_TARGET_STEPS_S
+        print(f"twin env-steps/s, {n:>5} envs: {_pct(rates)}  (×{ratio:.2f} of the 100k target)")
+    if not args.skip_demo:
+        wall = bench_demo()
+        print(f"\ndemo wall time: {wall:.1f} s  (×{wall / DEMO_TARGET_S:.2f} of the 300 s budget)")
+
+
+if __name__ == "__main__":
+    main()
