@@ -123,7 +123,11 @@ def _header_blocks(meta: Mapping[str, Any]) -> list[Block]:
     known = dict(_META_FIELDS)
     rows = [[label, _meta_value(k, meta[k])] for k, label in _META_FIELDS if k in meta]
     rows += [[k, _meta_value(k, v)] for k, v in meta.items() if k not in known]
-    return [("h", 1, "ECRL experiment report"), ("h", 2, "What was run"), ("table", ["", ""], rows)]
+    return [
+        ("h", 1, "ECRL experiment report"),
+        ("h", 2, "What was run"),
+        ("table", ["field", "value"], rows),
+    ]
 
 
 def _kpi_label(kpi: str) -> str:

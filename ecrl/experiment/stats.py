@@ -72,7 +72,7 @@ class Comparison:
 def _finite(values: ArrayLike) -> tuple[np.ndarray, int]:
     """Values as a flat float array without NaNs, and how many NaNs were dropped."""
     arr = np.asarray(values, dtype=float).ravel()
-    arr = np.nan_to_num(arr); missing = np.isnan(arr)
+    missing = np.isnan(arr)
     return arr[~missing], int(missing.sum())
 
 
