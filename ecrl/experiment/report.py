@@ -108,10 +108,12 @@ def format_p(p: float) -> str:
 
 
 def _ratio_text(ratio: float) -> str:
+    """``"×1.35"``, or ``"—"`` where the ratio is undefined."""
     return "—" if math.isnan(ratio) else f"×{ratio:.2f}"
 
 
 def _meta_value(key: str, value: Any) -> str:
+    """One meta value as text: the SLO in ms, lists joined by commas."""
     if key == "slo_p95_s" and isinstance(value, int | float):
         return f"{value * 1000:g} ms"
     if isinstance(value, list | tuple | set):
@@ -120,6 +122,7 @@ def _meta_value(key: str, value: Any) -> str:
 
 
 def _header_blocks(meta: Mapping[str, Any]) -> list[Block]:
+    """Title and the "What was run" table: known meta keys first, then any others as given."""
     known = dict(_META_FIELDS)
     rows = [[label, _meta_value(k, meta[k])] for k, label in _META_FIELDS if k in meta]
     rows += [[k, _meta_value(k, v)] for k, v in meta.items() if k not in known]
@@ -131,6 +134,7 @@ def _header_blocks(meta: Mapping[str, Any]) -> list[Block]:
 
 
 def _kpi_label(kpi: str) -> str:
+    """Row label with display unit and direction, e.g. ``"Latency p95 (ms) ↓"``."""
     spec = KPI_BY_NAME[kpi]
     _, unit = display_scale(kpi)
     return f"{spec.label} ({unit}) {'↓' if spec.better == 'lower' else '↑'}"
@@ -205,6 +209,7 @@ def _cost_floor_blocks(summary: pd.DataFrame, oracle_mode: str | None) -> list[B
 
 
 def _how_to_read() -> list[Block]:
+    """Definitions a reader needs to interpret the tables and plots without the code."""
     items = [
         "mean ± CI: mean over the N repeats of a mode on a profile; ± is the half-width of the "
         "95 % confidence interval from Student's t distribution with N−1 degrees of freedom "
@@ -226,6 +231,7 @@ def _how_to_read() -> list[Block]:
 
 
 def _md_cell(text: str) -> str:
+    """Text safe inside a Markdown table cell (escaped pipes, no newlines)."""
     return text.replace("|", "\\|").replace("\n", " ")
 
 
