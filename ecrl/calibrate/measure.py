@@ -39,6 +39,7 @@ IMAGE_SHAPE = (3, 224, 224)
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+OPSET = 17  # ONNX opset 17: LayerNorm-era ops, supported by every ORT >= 1.14
 
 Timer = Callable[[], float]
 
@@ -131,7 +132,7 @@ class Measurements:
     machine: MachineInfo
 
 
-def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
+def export_onnx(model: nn.Module, path: str | Path, opset: int = OPSET) -> Path:
     """Export ``model`` to ONNX with a dynamic batch axis (input ``input``, output ``logits``).
 
     Uses the TorchScript exporter: the default dynamo exporter needs ``onnxscript``, which
@@ -362,8 +363,9 @@ def measure_local_cpu(
     ``workdir`` (kept) or to a temporary directory (deleted). ``seed`` drives the weights
     and every input. Progress bars go to stderr when ``progress`` is true.
     """
-    sizes = _check_settings(batch_sizes, repeats=repeats, json_repeats=json_repeats, warmup=warmup)
     n_threads = threads if threads is not None else len(os.sched_getaffinity(0))
+    counts = {"repeats": repeats, "json_repeats": json_repeats, "warmup": warmup}
+    sizes = _check_settings(batch_sizes, threads=n_threads, **counts)
     machine = describe_machine(clock)  # before any work, so the load average is the box's own
     model = build_mobilenetv4_conv_small(seed=seed)
     with tempfile.TemporaryDirectory(prefix="ecrl-calibrate-") as tmp:
@@ -379,7 +381,7 @@ def measure_local_cpu(
         macs=count_macs(model, IMAGE_SHAPE),
         input_shape=IMAGE_SHAPE,
         onnx_bytes=onnx_bytes,
-        opset=17,
+        opset=OPSET,
         batch_sizes=sizes,
         exec_stats=tuple(exec_by_batch[b] for b in sizes),
         json_path=time_kserve_json(json_repeats, seed=seed, progress=progress),
@@ -400,7 +402,7 @@ class CpuAssumptions:
     """Share of physical RAM left to inference pods (the rest: OS, kubelet, load generator)."""
     power_max_w_per_cpu: float = 3.75
     """One core's share of package TDP at full load; the source is ``power_source``."""
-    power_source: str = "EPYC 9654 (Zen 4): 360 W TDP / 96 cores, AMD spec"
+    power_source: str = "Zen 4 EPYC 9654: 360 W TDP / 96 cores, AMD spec"
     power_idle_ratio: float = 0.25
     """Idle draw as a share of full-load draw."""
 
@@ -511,7 +513,7 @@ def profile_yaml(
         params_m=_num(m.params / 1e6),
         gmacs=_num(m.macs / 1e9),
         input_shape=list(m.input_shape),
-        device_q=json.dumps(f"{mc.cpu_model} ({m.threads} threads)"),
+        device_q=json.dumps(f"{mc.cpu_model}, {m.threads} threads"),
         ram_budget=int(mc.ram_bytes * a.ram_budget_ratio),
         power_idle=_num(power_max * a.power_idle_ratio),
         power_max=_num(power_max),
