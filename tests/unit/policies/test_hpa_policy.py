@@ -10,6 +10,8 @@ import pytest
 from ecrl.policies import HpaPolicy, PodMetrics, make_policy
 from ecrl.policies.base import Observation
 
+from .observations import make_observation
+
 LONG_AGO = -10_000.0  # started and ready long before the test: outside every init period
 
 
@@ -41,26 +43,13 @@ def observe(
     hi: int = 20,
     request_cores: float = 1.0,
 ) -> Observation:
-    return Observation(
-        time_s=t,
-        pods=tuple(pods),
+    return make_observation(
+        t,
+        pods,
         desired_replicas=len(pods) if desired is None else desired,
         min_replicas=lo,
         max_replicas=hi,
         cpu_request_cores=request_cores,
-        cpu_limit_cores=2.0,
-        memory_request_bytes=2**30,
-        memory_limit_bytes=2**31,
-        max_batch_size=8,
-        batch_delay_s=0.001,
-        instance_count=1,
-        request_rate_rps=None,
-        p95_latency_s=None,
-        success_ratio=None,
-        gpu_util_ratio=None,
-        vram_used_bytes=None,
-        free_gpu_slots=8,
-        slo_p95_s=0.1,
     )
 
 

@@ -9,6 +9,8 @@ from typing import Any
 from ecrl.policies import KpaPolicy, PodMetrics, make_policy
 from ecrl.policies.base import Observation
 
+from .observations import make_observation
+
 TICK_S = 2.0
 
 
@@ -26,26 +28,8 @@ def observe(
         )
         for i in range(replicas)
     )
-    return Observation(
-        time_s=t,
-        pods=pods,
-        desired_replicas=replicas,
-        min_replicas=lo,
-        max_replicas=hi,
-        cpu_request_cores=1.0,
-        cpu_limit_cores=2.0,
-        memory_request_bytes=2**30,
-        memory_limit_bytes=2**31,
-        max_batch_size=8,
-        batch_delay_s=0.001,
-        instance_count=1,
-        request_rate_rps=None,
-        p95_latency_s=None,
-        success_ratio=None,
-        gpu_util_ratio=None,
-        vram_used_bytes=None,
-        free_gpu_slots=50,
-        slo_p95_s=0.1,
+    return make_observation(
+        t, pods, desired_replicas=replicas, min_replicas=lo, max_replicas=hi, free_gpu_slots=50
     )
 
 

@@ -8,29 +8,11 @@ from ecrl.errors import ConfigError
 from ecrl.policies import StaticPolicy, make_policy
 from ecrl.policies.base import Observation
 
+from .observations import make_observation
+
 
 def observe(t: float, replicas: int = 1) -> Observation:
-    return Observation(
-        time_s=t,
-        pods=(),
-        desired_replicas=replicas,
-        min_replicas=1,
-        max_replicas=8,
-        cpu_request_cores=1.0,
-        cpu_limit_cores=2.0,
-        memory_request_bytes=2**30,
-        memory_limit_bytes=2**31,
-        max_batch_size=8,
-        batch_delay_s=0.001,
-        instance_count=1,
-        request_rate_rps=None,
-        p95_latency_s=None,
-        success_ratio=None,
-        gpu_util_ratio=None,
-        vram_used_bytes=None,
-        free_gpu_slots=8,
-        slo_p95_s=0.1,
-    )
+    return make_observation(t, desired_replicas=replicas)
 
 
 def test_static_issues_fixed_targets_once_then_no_ops() -> None:
