@@ -13,7 +13,7 @@ import numpy as np
 
 from ecrl.twin.profile import Profile
 from ecrl.twin.queueing import mixture_quantile
-from ecrl.twin.service import pod_step
+from ecrl.twin.service import PodStep, pod_step
 from ecrl.twin.spec import ClusterSpec
 
 
@@ -56,13 +56,9 @@ def steady_state(
     d = cluster.deployment
     lat = np.full(users.shape, profile.server.client_overhead_s)
     busy = np.zeros(users.shape)
-    for _ in range(iterations):
-        rate = users / (think + lat)
-        x = rate / np.maximum(replicas, 1.0)
-        others = np.clip(bg + busy * (per_gpu - 1.0), 0.0, 0.95)
-        k_busy = np.where(busy > 0.01, per_gpu, 1.0)
-        slow = (1.0 + profile.gpu.timeslice_overhead_ratio * (k_busy - 1.0)) / (1.0 - others)
-        ps = pod_step(
+
+    def serve(timeout_s: float) -> PodStep:
+        return pod_step(
             profile,
             x,
             np.zeros_like(x),
@@ -73,33 +69,25 @@ def steady_state(
             slow,
             1.0,
             1.0,
-            d.request_timeout_s,
+            timeout_s,
             np.inf,
         )
+
+    for _ in range(iterations):
+        rate = users / (think + lat)
+        x = rate / np.maximum(replicas, 1.0)
+        others = np.clip(bg + busy * (per_gpu - 1.0), 0.0, 0.95)
+        k_busy = np.where(busy > 0.01, per_gpu, 1.0)
+        slow = (1.0 + profile.gpu.timeslice_overhead_ratio * (k_busy - 1.0)) / (1.0 - others)
+        ps = serve(d.request_timeout_s)
         new_lat = np.where(ps.served > 0, ps.latency_mean_s, lat)
         lat = 0.5 * lat + 0.5 * new_lat
         busy = 0.5 * busy + 0.5 * ps.gpu_busy_ratio
-    ps = pod_step(
-        profile,
-        x,
-        np.zeros_like(x),
-        instances,
-        max_batch,
-        delay,
-        cpu_cores,
-        slow,
-        1.0,
-        1.0,
-        np.inf,
-        np.inf,
-    )
+    # The operating point without client timeouts: the latency a request would see if it waited.
+    ps = serve(np.inf)
     stable = (ps.capacity_rps > x * 1.0001) & (replicas > 0)
     w = np.ones((*x.shape, 1))
-
-    def cdf(v: np.ndarray) -> np.ndarray:
-        return ps.cdf(v)[..., None]
-
     hi = ps.base_s + 25.0 * (ps.jitter_s + ps.wait_mean_s) + ps.w1_s
-    p95 = mixture_quantile(0.95, w, ps.base_s.copy(), hi, lambda m: cdf(m[..., 0]))
+    p95 = mixture_quantile(0.95, w, ps.base_s.copy(), hi, lambda m: ps.cdf(m[..., 0])[..., None])
     p95 = np.where(stable, p95, np.inf)
     return SteadyState(rate, np.minimum(x, ps.capacity_rps) * replicas, lat, p95, busy, stable)
