@@ -15,6 +15,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from ecrl.histogram import histogram_quantile
+
 SERIES_COLUMNS: tuple[str, ...] = (
     "time_s",
     "users",
@@ -70,25 +72,6 @@ KPI_BY_NAME: dict[str, KpiSpec] = {k.name: k for k in KPI_SPECS}
 
 RECOVERY_HOLD_S = 10
 """Seconds p95 must stay within the SLO after a step for the step to count as absorbed."""
-
-
-def histogram_quantile(counts: np.ndarray, edges_s: np.ndarray, q: float) -> float:
-    """Quantile from bucket counts with linear interpolation inside the bucket.
-
-    Same rule as Prometheus ``histogram_quantile``; NaN when there are no observations.
-    ``edges_s`` has ``len(counts) + 1`` entries.
-    """
-    total = float(counts.sum())
-    if total <= 0:
-        return math.nan
-    cum = np.cumsum(counts)
-    rank = q * total
-    i = int(np.searchsorted(cum, rank, side="left"))
-    i = min(i, len(counts) - 1)
-    below = cum[i - 1] if i > 0 else 0.0
-    inside = counts[i]
-    frac = 0.0 if inside <= 0 else (rank - below) / inside
-    return float(edges_s[i] + (edges_s[i + 1] - edges_s[i]) * frac)
 
 
 def slo_violation_seconds(series: pd.DataFrame, slo_p95_s: float) -> np.ndarray:

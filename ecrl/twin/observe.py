@@ -18,6 +18,8 @@ from ecrl.twin.twin import HOLDING, READY, STARTING, UNSCHEDULABLE, StepResult, 
 MODEL = "mobilenetv4"
 DEPLOYMENT = "mobilenetv4-triton"
 NAMESPACE = "ecrl"
+METRICS_DELAY_S = 15.0
+"""A new pod has no usage metrics until metrics-server has scraped it twice (15 s resolution)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,27 +89,20 @@ def observation(tw: Twin, env: int = 0) -> Observation:
     )
 
 
-METRICS_DELAY_S = 15.0
-"""A new pod has no usage metrics until metrics-server has scraped it twice (15 s resolution)."""
-
-
 def vram_used(tw: Twin, env: int) -> np.ndarray:
     """Framebuffer in use per GPU (bytes): each pod holding the GPU has its model loaded."""
     per = tw.profile.vram_per_replica_bytes(tw.instances[env], tw.max_batch[env])
-    holding = (tw.phase[env] == READY) | (tw.phase[env] == STARTING)
-    counts = np.array([(holding & (tw.pod_gpu[env] == g)).sum() for g in range(len(tw.gpu_node))])
-    return counts * per
+    loaded = (tw.phase == READY) | (tw.phase == STARTING)
+    return tw.pods_per_gpu(loaded)[env] * per
 
 
 def free_gpu_slots(tw: Twin, env: int) -> int:
-    holding = np.isin(tw.phase[env], HOLDING)
-    used = np.array([(holding & (tw.pod_gpu[env] == g)).sum() for g in range(len(tw.gpu_node))])
-    return int((tw.gpu_slots - used).sum())
+    return int((tw.gpu_slots - tw.pods_per_gpu(tw.holding())[env]).sum())
 
 
 def series_row(tw: Twin, r: StepResult, env: int = 0) -> dict[str, float]:
     """One second of the per-second series (:data:`SERIES_COLUMNS`)."""
-    holding = np.isin(tw.phase[env], HOLDING)
+    holding = tw.holding()[env]
     n_hold = int(holding.sum())
     cpu_req_total = tw.cpu_req[env] * n_hold
     mem_req_total = tw.mem_req[env] * n_hold
@@ -195,7 +190,7 @@ def prometheus_samples(tw: Twin, env: int = 0) -> list[Sample]:
             ),
         ]
     dlab = {"deployment": DEPLOYMENT, "namespace": NAMESPACE, **emu}
-    holding = np.isin(tw.phase[env], HOLDING)
+    holding = tw.holding()[env]
     out += [
         Sample("kube_deployment_spec_replicas", dlab, float(tw.desired[env])),
         Sample("kube_deployment_status_replicas", dlab, float((tw.phase[env] > 0).sum())),

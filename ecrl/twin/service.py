@@ -103,12 +103,11 @@ def pod_step(
     queue_end = backlog - failed
 
     rate = served / dt_s
-    if mean_rate_rps is not None:
-        rate = np.minimum(mean_rate_rps, cap_rps)
-    rho_cpu = np.where(cpu_cap > 0, rate / np.maximum(cpu_cap, 1e-9), 0.0)
-    rho_gpu = rate / np.maximum(gpu_cap, 1e-9)
+    steady_rate = rate if mean_rate_rps is None else np.minimum(mean_rate_rps, cap_rps)
+    rho_cpu = np.where(cpu_cap > 0, steady_rate / np.maximum(cpu_cap, 1e-9), 0.0)
+    rho_gpu = steady_rate / np.maximum(gpu_cap, 1e-9)
     cores = np.maximum(np.floor(cpu_limit_cores), 1.0)
-    w_cpu = sakasegawa_wait(rho_cpu, cores, np.full_like(rate, s.cpu_s_per_request), CPU_SCV)
+    w_cpu = sakasegawa_wait(rho_cpu, cores, np.full_like(rho_cpu, s.cpu_s_per_request), CPU_SCV)
     w_gpu = sakasegawa_wait(rho_gpu, n, cyc, GPU_SCV)
     # The CPU stage is processor-shared (Triton's HTTP/gRPC frontends decode in thread pools
     # larger than the CPU quota): contention stretches every request's decode by the mean
@@ -118,8 +117,7 @@ def pod_step(
     wait_mean = np.where(pw > 1e-9, w_gpu / np.maximum(pw, 1e-9), 0.0)
     # Batch forming: with spare capacity, a request waits for the delay window (or until the
     # batch fills); once the queue is saturated, batches are full and nobody waits to form.
-    per_inst = np.maximum(rate / n, 1e-9)
-    rate = served / dt_s
+    per_inst = np.maximum(steady_rate / n, 1e-9)
     form = np.where(
         (b < max_batch) & (delay_s > 0), 0.5 * np.minimum(delay_s, (b - 1.0) / per_inst), 0.0
     )

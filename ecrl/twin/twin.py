@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ecrl.histogram import histogram_quantile_rows
 from ecrl.twin.profile import Profile
-from ecrl.twin.queueing import mixture_quantile
+from ecrl.twin.queueing import latency_cdf, mixture_quantile
 from ecrl.twin.service import PodStep, pod_step
 from ecrl.twin.spec import ClusterSpec
 
@@ -198,20 +199,26 @@ class Twin:
         v = np.broadcast_to(np.asarray(new, dtype=float), old.shape)
         return np.where(np.isnan(v), old, v)
 
-    def _holding(self) -> np.ndarray:
+    def holding(self) -> np.ndarray:
+        """Pods bound to a node, holding a GPU slot and their requests ([envs, pods])."""
         return (self.phase == STARTING) | (self.phase == READY) | (self.phase == CRASHED)
 
-    def _pods_per_gpu(self, mask: np.ndarray) -> np.ndarray:
+    def pods_per_gpu(self, mask: np.ndarray) -> np.ndarray:
+        """Pods selected by ``mask`` ([envs, pods]) on each GPU: [envs, gpus]."""
         onehot = self.pod_gpu[..., None] == np.arange(len(self.gpu_node))
         return (onehot & mask[..., None]).sum(axis=1).astype(float)
 
+    def _pods_per_node(self, per_gpu: np.ndarray) -> np.ndarray:
+        """Sum per-GPU pod counts ([..., gpus]) over each node's GPUs: [..., nodes]."""
+        return per_gpu @ np.eye(len(self.node_cpu))[self.gpu_node]
+
     def _vram_fits(self, instances: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
         per = self.profile.vram_per_replica_bytes(instances, max_batch)
-        used = self._pods_per_gpu(self._holding()) * per[:, None]
+        used = self.pods_per_gpu(self.holding()) * per[:, None]
         return (used <= self.gpu_vram).all(axis=1)
 
     def _node_fits(self, cpu: np.ndarray, mem: np.ndarray) -> np.ndarray:
-        per_node = self._pods_per_gpu(self._holding()) @ np.eye(len(self.node_cpu))[self.gpu_node]
+        per_node = self._pods_per_node(self.pods_per_gpu(self.holding()))
         return (
             (per_node * cpu[:, None] <= self.node_cpu + 1e-9)
             & (per_node * mem[:, None] <= self.node_mem)
@@ -251,9 +258,9 @@ class Twin:
 
     def _schedule_one(self, rows: np.ndarray, cols: np.ndarray) -> None:
         """Bind pods to the feasible GPU with most free slots (LeastAllocated-like spread)."""
-        holding = self._holding()
-        free = self.gpu_slots - self._pods_per_gpu(holding)[rows]
-        per_node = self._pods_per_gpu(holding)[rows] @ np.eye(len(self.node_cpu))[self.gpu_node]
+        per_gpu = self.pods_per_gpu(self.holding())[rows]
+        free = self.gpu_slots - per_gpu
+        per_node = self._pods_per_node(per_gpu)
         cpu_free = self.node_cpu - per_node * self.cpu_req[rows, None]
         mem_free = self.node_mem - per_node * self.mem_req[rows, None]
         fits = (
@@ -323,7 +330,7 @@ class Twin:
         due = (self.t_event <= self.t + 1e-9) & (self.phase == STARTING)
         if due.any():
             per = self.profile.vram_per_replica_bytes(self.instances, self.max_batch)
-            ready_per_gpu = self._pods_per_gpu(self.phase == READY)
+            ready_per_gpu = self.pods_per_gpu(self.phase == READY)
             r, c = np.nonzero(due)
             for ri, ci in zip(r, c, strict=True):
                 g = self.pod_gpu[ri, ci]
@@ -444,7 +451,7 @@ class Twin:
         gpu_total = self.gpu_busy + self.profile.gpu.background_util_ratio
         own = self._last_pod_busy
         others = np.clip(np.take_along_axis(gpu_total, g, axis=1) - own, 0.0, 0.95)
-        busy_ctx = self._pods_per_gpu((self.phase == READY) & (own > 0.01))
+        busy_ctx = self.pods_per_gpu((self.phase == READY) & (own > 0.01))
         k = np.take_along_axis(busy_ctx, g, axis=1)
         switch = 1.0 + self.profile.gpu.timeslice_overhead_ratio * np.maximum(k - 1.0, 0.0)
         return switch / (1.0 - others)
@@ -483,14 +490,14 @@ class Twin:
             0.0,
         )
         self.conc_ema = np.where(fresh, conc, self.conc_ema + a * (conc - self.conc_ema))
-        self.metrics_age = np.where(self._holding(), self.metrics_age + self.dt_s, 0.0)
+        self.metrics_age = np.where(self.holding(), self.metrics_age + self.dt_s, 0.0)
 
     def _update_memory(self, ps: PodStep, served: np.ndarray, ready: np.ndarray) -> None:
         s = self.profile.server
         inflight = self.queue + served / self.dt_s * (ps.latency_mean_s - s.client_overhead_s)
         used = s.memory_base_bytes + self.instances[:, None] * s.memory_per_instance_bytes
         self.mem_used = np.where(
-            self._holding(), used + np.where(ready, inflight, 0.0) * s.memory_per_inflight_bytes, 0
+            self.holding(), used + np.where(ready, inflight, 0.0) * s.memory_per_inflight_bytes, 0
         )
         oom = ready & (self.mem_used > self.mem_req[:, None])
         if oom.any():
@@ -507,8 +514,8 @@ class Twin:
             cdf = latency_cdf_edges(ps, x)
             cdf[..., -1] = 1.0  # the last bucket is +Inf
             hist = (np.diff(cdf, axis=-1) * served[..., None]).sum(axis=1)
-            p95 = rows_histogram_quantile(hist, self.hist_edges_s, 0.95)
-            p99 = rows_histogram_quantile(hist, self.hist_edges_s, 0.99)
+            p95 = histogram_quantile_rows(hist, self.hist_edges_s, 0.95)
+            p99 = histogram_quantile_rows(hist, self.hist_edges_s, 0.99)
             return p95, p99, hist
         tail = ps.jitter_s + ps.wait_mean_s
         lo = np.where(served > 0, ps.base_s, np.inf).min(axis=1)
@@ -518,23 +525,8 @@ class Twin:
         return p95, np.full(self.n_envs, np.nan), None
 
 
-def rows_histogram_quantile(hist: np.ndarray, edges: np.ndarray, q: float) -> np.ndarray:
-    """Prometheus-style quantile per row of ``hist`` (linear inside the bucket); NaN if empty."""
-    total = hist.sum(axis=1)
-    cum = np.cumsum(hist, axis=1)
-    rank = q * total
-    i = np.minimum((cum < rank[:, None]).sum(axis=1), hist.shape[1] - 1)
-    rows = np.arange(hist.shape[0])
-    below = np.where(i > 0, cum[rows, np.maximum(i - 1, 0)], 0.0)
-    inside = hist[rows, i]
-    frac = np.where(inside > 0, (rank - below) / np.where(inside > 0, inside, 1.0), 0.0)
-    val = edges[i] + (edges[i + 1] - edges[i]) * np.clip(frac, 0.0, 1.0)
-    return np.where(total > 0, val, np.nan)
-
-
 def latency_cdf_edges(ps: PodStep, x: np.ndarray) -> np.ndarray:
     """Per-pod latency CDF evaluated at histogram edges ``x`` ([envs, pods, buckets+1])."""
-    from ecrl.twin.queueing import latency_cdf
 
     def ex(a: np.ndarray) -> np.ndarray:
         return a[..., None]
