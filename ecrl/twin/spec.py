@@ -77,7 +77,7 @@ class ClusterSpec:
     think_time_s: tuple[float, float] = (0.4, 1.0)
     """Locust ``between(a, b)`` wait: mean 0.7 s gives the seeds' 13 req/s at 10 users, 72 ms."""
     system_reserved_cpu_cores: float = field(default=1.0, metadata=bounds(0.0, 64.0))
-    """CPU taken by the node's system pods (MicroK8s, monitoring)."""
+    """CPU taken by system pods (MicroK8s control plane, monitoring) on the first node only."""
 
     def validate(self) -> None:
         if not self.nodes:
