@@ -123,7 +123,15 @@ def _run_comparison(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from ecrl.calibrate.measure import measure_local_cpu, write_profile
+    try:
+        from ecrl.calibrate.measure import measure_local_cpu, write_profile
+    except ModuleNotFoundError as exc:
+        print(
+            f"ecrl: error: calibrate needs the training extra ({exc.name} missing); "
+            "run `make calibrate`",
+            file=sys.stderr,
+        )
+        return 2
 
     sizes = tuple(int(b) for b in _csv(args.batch_sizes))
     m = measure_local_cpu(
