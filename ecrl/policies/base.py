@@ -35,6 +35,8 @@ class PodMetrics:
     concurrency: float | None = None
     """Average in-flight requests (queued + executing) over the last window."""
     request_rate_rps: float | None = None
+    memory_usage_bytes: float | None = None
+    """Container working set (cAdvisor ``container_memory_working_set_bytes``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,14 @@ class Observation:
     """Time-sliced GPU slots still free on schedulable nodes (never create Pending pods)."""
     slo_p95_s: float
     """The latency SLO the run is judged against."""
+    vram_free_bytes: float | None = None
+    """Free framebuffer on the GPUs that host replicas (DCGM_FI_DEV_FB_FREE)."""
+    node_cpu_free_cores: float | None = None
+    """Smallest unrequested allocatable CPU over the nodes that host replicas (resize room)."""
+    node_memory_free_bytes: float | None = None
+    """Smallest unrequested allocatable memory over the nodes that host replicas."""
+    last_change_age_s: float | None = None
+    """Seconds since any managed setting last changed (Deployment generation or model config)."""
 
     @property
     def ready_replicas(self) -> int:

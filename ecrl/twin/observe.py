@@ -57,15 +57,20 @@ def observation(tw: Twin, env: int = 0) -> Observation:
                 queue_time_avg_s=float(tw.qtime_ema[env, i]) if has_metrics and ready else None,
                 concurrency=float(tw.conc_ema[env, i]) if has_metrics and ready else None,
                 request_rate_rps=float(tw.rate_ema[env, i]) if has_metrics and ready else None,
+                memory_usage_bytes=float(tw.mem_used[env, i]) if has_metrics else None,
             )
         )
     served = tw.window_served[env]
     p95 = tw.window_p95[env]
     ok = (served > 0) & ~np.isnan(p95)
     win_p95 = float(np.average(p95[ok], weights=served[ok])) if ok.any() else None
+    done = served.sum() + tw.window_failed[env].sum()
+    success = float(served.sum() / done) if done > 0 else None
     holding_gpus = np.unique(tw.pod_gpu[env][tw.pod_gpu[env] >= 0])
     gpu_util = float(tw.gpu_util[env, holding_gpus].mean()) if len(holding_gpus) else None
     rate = float(tw.rate_ema[env].sum())
+    cpu_free, mem_free = node_free(tw, env)
+    vram = vram_used(tw, env)
     return Observation(
         time_s=tw.t,
         pods=tuple(pods),
@@ -81,12 +86,29 @@ def observation(tw: Twin, env: int = 0) -> Observation:
         instance_count=int(tw.instances[env]),
         request_rate_rps=rate,
         p95_latency_s=win_p95,
-        success_ratio=None,
+        success_ratio=success,
         gpu_util_ratio=gpu_util,
-        vram_used_bytes=float(vram_used(tw, env).sum()),
+        vram_used_bytes=float(vram.sum()),
         free_gpu_slots=int(free_gpu_slots(tw, env)),
         slo_p95_s=tw.cluster.slo_p95_s,
+        vram_free_bytes=float((tw.gpu_vram - vram)[holding_gpus].sum())
+        if len(holding_gpus)
+        else None,
+        node_cpu_free_cores=cpu_free,
+        node_memory_free_bytes=mem_free,
+        last_change_age_s=float(tw.t - tw.changed_at_s[env]),
     )
+
+
+def node_free(tw: Twin, env: int) -> tuple[float | None, float | None]:
+    """Smallest unrequested CPU and memory over the nodes hosting replicas (None if none)."""
+    per_node = tw.pods_per_node(tw.pods_per_gpu(tw.holding()))[env]
+    hosting = per_node > 0
+    if not hosting.any():
+        return None, None
+    cpu = tw.node_cpu - per_node * tw.cpu_req[env]
+    mem = tw.node_mem - per_node * tw.mem_req[env]
+    return float(cpu[hosting].min()), float(mem[hosting].min())
 
 
 def vram_used(tw: Twin, env: int) -> np.ndarray:

@@ -12,6 +12,7 @@ Deterministic under a seed: one ``numpy.random.Generator`` drives arrivals and s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,14 @@ class StepResult:
     pods: PodStep
 
 
+PlacementScorer = Callable[["Twin", np.ndarray, np.ndarray], np.ndarray]
+"""Scores GPUs for pods being scheduled: (twin, env rows, feasible [rows, gpus]) → [rows, gpus].
+
+The default (None) is a LeastAllocated-like spread over free slots and CPU; a learned scorer
+plugs in here the way the scheduler extender's ``/prioritize`` does on a cluster.
+"""
+
+
 class Twin:
     """A vectorized digital twin of one cluster scenario (see module docstring)."""
 
@@ -72,8 +81,10 @@ class Twin:
         dt_s: float = 1.0,
         record_histograms: bool = False,
         hist_edges_s: np.ndarray = DEFAULT_HIST_EDGES_S,
+        placement: PlacementScorer | None = None,
     ) -> None:
         self.cluster = cluster
+        self.placement = placement
         self.profile = profile
         self.n_envs = n_envs
         self.dt_s = dt_s
@@ -90,6 +101,10 @@ class Twin:
         self.node_cpu = np.array([n.cpu_cores for n in cluster.nodes])
         self.node_cpu[0] -= cluster.system_reserved_cpu_cores
         self.node_mem = np.array([n.memory_bytes for n in cluster.nodes], dtype=float)
+        self.env_speed = np.ones(n_envs)
+        """Per-env GPU speed multiplier (domain randomization; 1 = the profile's card)."""
+        self.env_background = np.full(n_envs, profile.gpu.background_util_ratio)
+        """Per-env share of the GPU taken by other users (domain randomization)."""
         self.reset(seed)
 
     # ------------------------------------------------------------------ state
@@ -122,7 +137,7 @@ class Twin:
         self.c_exec = np.zeros((e, p))
         self.gpu_busy = np.zeros((e, g))
         self._last_pod_busy = np.zeros((e, p))
-        self.gpu_util = np.full((e, g), self.profile.gpu.background_util_ratio)
+        self.gpu_util = np.broadcast_to(self.env_background[:, None], (e, g)).copy()
         self.gpu_temp = np.full((e, g), self.profile.gpu.temp_idle_c)
         self.desired = np.full(e, float(d.initial_replicas))
         self.max_batch = np.full(e, float(d.max_batch_size))
@@ -134,12 +149,14 @@ class Twin:
         self.pend_delay = self.delay_s.copy()
         self.pend_inst = self.instances.copy()
         self.pend_at = np.full(e, np.inf)
+        self.changed_at_s = np.zeros(e)
         self.last_latency_s = np.full(e, self.profile.server.client_overhead_s)
         self.totals = {
             k: np.zeros(e) for k in ("arrived", "served", "failed", "oom_kills", "rejected")
         }
         self.window_p95 = np.full((e, int(METRICS_WINDOW_S / self.dt_s) or 1), np.nan)
         self.window_served = np.zeros_like(self.window_p95)
+        self.window_failed = np.zeros_like(self.window_p95)
         self._reconcile()
         # Pods present at t=0 start Ready (the run begins from a warmed-up Deployment).
         start = self.phase == STARTING
@@ -165,6 +182,7 @@ class Twin:
         resize (refused when the node cannot fit it).
         """
         d = self.cluster.deployment
+        before = self._settings()
         if replicas is not None:
             r = np.asarray(replicas, dtype=float)
             self.desired = np.where(
@@ -190,7 +208,32 @@ class Twin:
             self.totals["rejected"] += changed & ~fits
             self.cpu_req = np.where(fits, nc, self.cpu_req)
             self.mem_req = np.where(fits, nm, self.mem_req)
+        changed = (self._settings() != before).any(axis=0)
+        self.changed_at_s = np.where(changed, self.t, self.changed_at_s)
         self._reconcile()
+
+    def _settings(self) -> np.ndarray:
+        """Every setting a policy can change, stacked ([settings, envs]; pending ones included)."""
+        return np.stack(
+            [
+                self.desired,
+                self.pend_batch,
+                self.pend_delay,
+                self.pend_inst,
+                self.cpu_req,
+                self.mem_req,
+            ]
+        )
+
+    def vary(self, speed_scale: np.ndarray, background_util_ratio: np.ndarray) -> None:
+        """Per-env GPU speed and background load (domain randomization for RL training)."""
+        self.env_speed = np.broadcast_to(
+            np.asarray(speed_scale, dtype=float), (self.n_envs,)
+        ).copy()
+        self.env_background = np.broadcast_to(
+            np.asarray(background_util_ratio, dtype=float), (self.n_envs,)
+        ).copy()
+        self.gpu_util = np.maximum(self.gpu_util, self.env_background[:, None])
 
     @staticmethod
     def _merge(new: np.ndarray | None, old: np.ndarray) -> np.ndarray:
@@ -208,7 +251,7 @@ class Twin:
         onehot = self.pod_gpu[..., None] == np.arange(len(self.gpu_node))
         return (onehot & mask[..., None]).sum(axis=1).astype(float)
 
-    def _pods_per_node(self, per_gpu: np.ndarray) -> np.ndarray:
+    def pods_per_node(self, per_gpu: np.ndarray) -> np.ndarray:
         """Sum per-GPU pod counts ([..., gpus]) over each node's GPUs: [..., nodes]."""
         return per_gpu @ np.eye(len(self.node_cpu))[self.gpu_node]
 
@@ -218,7 +261,7 @@ class Twin:
         return (used <= self.gpu_vram).all(axis=1)
 
     def _node_fits(self, cpu: np.ndarray, mem: np.ndarray) -> np.ndarray:
-        per_node = self._pods_per_node(self.pods_per_gpu(self.holding()))
+        per_node = self.pods_per_node(self.pods_per_gpu(self.holding()))
         return (
             (per_node * cpu[:, None] <= self.node_cpu + 1e-9)
             & (per_node * mem[:, None] <= self.node_mem)
@@ -260,7 +303,7 @@ class Twin:
         """Bind pods to the feasible GPU with most free slots (LeastAllocated-like spread)."""
         per_gpu = self.pods_per_gpu(self.holding())[rows]
         free = self.gpu_slots - per_gpu
-        per_node = self._pods_per_node(per_gpu)
+        per_node = self.pods_per_node(per_gpu)
         cpu_free = self.node_cpu - per_node * self.cpu_req[rows, None]
         mem_free = self.node_mem - per_node * self.mem_req[rows, None]
         fits = (
@@ -268,11 +311,14 @@ class Twin:
             & (cpu_free[:, self.gpu_node] >= self.cpu_req[rows, None] - 1e-9)
             & (mem_free[:, self.gpu_node] >= self.mem_req[rows, None])
         )
-        score = np.where(
-            fits,
-            free / self.gpu_slots + cpu_free[:, self.gpu_node] / self.node_cpu[self.gpu_node],
-            -1,
-        )
+        if self.placement is not None:
+            score = np.where(fits, self.placement(self, rows, fits), -np.inf)
+        else:
+            score = np.where(
+                fits,
+                free / self.gpu_slots + cpu_free[:, self.gpu_node] / self.node_cpu[self.gpu_node],
+                -1,
+            )
         best = np.argmax(score, axis=1)
         ok = fits[np.arange(len(rows)), best]
         r, c = rows[ok], cols[ok]
@@ -376,6 +422,7 @@ class Twin:
 
         slow = self._gpu_slowdown()
         speed = np.where(self.pod_gpu >= 0, self.gpu_speed[np.maximum(self.pod_gpu, 0)], 1.0)
+        speed = speed * self.env_speed[:, None]
         d = self.cluster.deployment
         ps = pod_step(
             self.profile,
@@ -420,8 +467,10 @@ class Twin:
         p95, p99, hist = self._latency_quantiles(ps, served)
         self.window_p95 = np.roll(self.window_p95, -1, axis=1)
         self.window_served = np.roll(self.window_served, -1, axis=1)
+        self.window_failed = np.roll(self.window_failed, -1, axis=1)
         self.window_p95[:, -1] = p95
         self.window_served[:, -1] = tot_served
+        self.window_failed[:, -1] = tot_failed
         arrived = arrivals.sum(axis=1) + refused
         self.totals["arrived"] += arrived
         self.totals["served"] += tot_served
@@ -448,7 +497,7 @@ class Twin:
         share) (capped at 95 %), plus a context-switch loss per extra busy context.
         """
         g = np.maximum(self.pod_gpu, 0)
-        gpu_total = self.gpu_busy + self.profile.gpu.background_util_ratio
+        gpu_total = self.gpu_busy + self.env_background[:, None]
         own = self._last_pod_busy
         others = np.clip(np.take_along_axis(gpu_total, g, axis=1) - own, 0.0, 0.95)
         busy_ctx = self.pods_per_gpu((self.phase == READY) & (own > 0.01))
@@ -461,7 +510,7 @@ class Twin:
         self._last_pod_busy = busy
         onehot = (self.pod_gpu[..., None] == np.arange(len(self.gpu_node))) & ready[..., None]
         self.gpu_busy = (onehot * busy[..., None]).sum(axis=1)
-        self.gpu_util = np.minimum(1.0, self.gpu_busy + self.profile.gpu.background_util_ratio)
+        self.gpu_util = np.minimum(1.0, self.gpu_busy + self.env_background[:, None])
         gp = self.profile.gpu
         target = gp.temp_idle_c + (gp.temp_max_c - gp.temp_idle_c) * self.gpu_util
         self.gpu_temp += (target - self.gpu_temp) * min(1.0, self.dt_s / 60.0)
