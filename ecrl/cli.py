@@ -1,4 +1,4 @@
-"""The ``ecrl`` command: demo, experiment, calibrate (each with --help and an example).
+"""The ``ecrl`` command: demo, experiment, train, calibrate (each with --help and an example).
 
 The CLI is the only layer that prints for people; everything below it returns data.
 """
@@ -30,6 +30,12 @@ EPILOG_EXP = (
     "examples:\n"
     "  ecrl experiment --modes hpa-cpu,kpa,oracle --shapes step,bursty --repeats 5\n"
     "  ecrl experiment --trace my_production_trace.csv --repeats 10 --out results/trace"
+)
+EPILOG_TRAIN = (
+    "examples:\n"
+    "  ecrl train --out runs/train                     # defaults: the reference box, ≤ 15 min\n"
+    "  ecrl train --config my-train.yaml --install ecrl/models/rl-policy.onnx\n"
+    "  tensorboard --logdir runs/train/tb              # curves while it runs"
 )
 EPILOG_CAL = "example: ecrl calibrate local-cpu --out ecrl/profiles/local-cpu-mobilenetv4.yaml"
 
@@ -144,6 +150,43 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    try:
+        from ecrl.rl.train import load_train_config, run_training
+    except ModuleNotFoundError as exc:
+        print(
+            f"ecrl: error: train needs the training extra ({exc.name} missing); run `make train`",
+            file=sys.stderr,
+        )
+        return 2
+    from dataclasses import replace
+
+    cfg = load_train_config(args.config)
+    if args.minutes is not None or args.seed is not None:
+        ppo = cfg.ppo
+        ppo = replace(ppo, max_minutes=args.minutes) if args.minutes is not None else ppo
+        ppo = replace(ppo, seed=args.seed) if args.seed is not None else ppo
+        cfg = replace(cfg, ppo=ppo)
+    out = Path(args.out)
+    _, result, export = run_training(cfg, out, progress=not args.no_progress)
+    print(
+        f"stopped: {result.stop_reason} after {result.updates} updates, "
+        f"{result.global_steps:,} steps in {result.wall_s / 60:.1f} min "
+        f"({result.steps_per_s:,.0f} steps/s)"
+    )
+    print(f"best validation score {result.best_score:.2f} at update {result.best_update}")
+    print(
+        f"exported {export['path']} ({export['bytes']:,} bytes, opset {export['opset']}): "
+        f"max |onnx − torch| = {export['max_abs_diff']:.2e}, schema {export['schema_hash']}"
+    )
+    if args.install:
+        import shutil
+
+        shutil.copyfile(export["path"], args.install)
+        print(f"installed {args.install}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecrl", description="Learned GPU-inference control: twin, policies, experiments."
@@ -164,6 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_experiment_args(exp, "results/experiment")
     exp.set_defaults(func=_run_comparison)
+    tr = sub.add_parser(
+        "train",
+        help="train the PPO scaling policy on the twin and export it to ONNX",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tr.add_argument("--config", default=None, help="training YAML (default: built-in defaults)")
+    tr.add_argument("--out", default="runs/train", help="run folder (default: %(default)s)")
+    tr.add_argument("--minutes", type=float, default=None, help="wall-clock budget override")
+    tr.add_argument("--seed", type=int, default=None, help="seed override")
+    tr.add_argument("--install", default=None, help="copy the exported policy.onnx here")
+    tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    tr.set_defaults(func=_train)
     cal = sub.add_parser(
         "calibrate", help="measure a model server and write a twin profile", epilog=EPILOG_CAL
     )
