@@ -18,6 +18,7 @@ from ecrl.experiment.runner import (
     BASELINE_MODE,
     DEFAULT_MODES,
     ORACLE_MODE,
+    RL_MODE,
     ExperimentConfig,
     resolve_profile,
     run_experiment,
@@ -118,11 +119,18 @@ def _run_comparison(args: argparse.Namespace) -> int:
         "slo_p95_s": cluster.slo_p95_s,
         "baseline_mode": baseline,
         "oracle_mode": oracle,
+        "rl_mode": RL_MODE if RL_MODE in cfg.modes else None,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "wall_time_s": round(wall_s, 1),
     }
     files = write_report(args.out, kpis, series, meta)
     print(format_kpi_table(summarize(kpis, baseline, oracle)))
+    if RL_MODE in cfg.modes:
+        from ecrl.experiment.targets import check_targets
+
+        print(f"\ntargets of '{RL_MODE}' (pooled over {', '.join(cfg.shapes)}):")
+        for t in check_targets(kpis, RL_MODE, oracle, baseline):
+            print(f"  {t.text()}")
     print(f"\n{len(kpis)} runs in {wall_s:.1f} s · report: {files.markdown} and {files.html}")
     Path(args.out, "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     return 0

@@ -62,6 +62,11 @@ def _replica_ok(obs: Observation, delta: int, cfg: EnvelopeConfig) -> str:
             return "above max_replicas"
         if delta > obs.free_gpu_slots:
             return "not enough free GPU slots"
+        cpu, mem = obs.node_cpu_free_cores, obs.node_memory_free_bytes
+        if cpu is None or cpu < delta * obs.cpu_request_cores - 1e-9:
+            return "no node CPU for the new pods"
+        if mem is None or mem < delta * obs.memory_request_bytes:
+            return "no node memory for the new pods"
     if delta < 0:
         if target < obs.min_replicas:
             return "below min_replicas"
@@ -78,10 +83,9 @@ def _vram_room(obs: Observation, cfg: EnvelopeConfig) -> bool:
 
 
 def _batching_ok(obs: Observation, rung: int, cfg: EnvelopeConfig) -> str:
-    now = ladder_index(obs.max_batch_size, obs.batch_delay_s)
     if not 0 <= rung < len(BATCHING_LADDER):
         return "off the batching ladder"
-    if BATCHING_LADDER[rung][0] > BATCHING_LADDER[now][0] and not _vram_room(obs, cfg):
+    if BATCHING_LADDER[rung][0] > obs.max_batch_size and not _vram_room(obs, cfg):
         return "no framebuffer to spare"
     return ""
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ecrl.errors import InvalidRequest
 from ecrl.policies.base import Observation
 
 SCHEMA_VERSION = "ecrl.state/v1"
@@ -56,13 +57,20 @@ class Feature:
     doc: str
 
 
+def _ratio(num: float | None, den: float | None) -> float | None:
+    """num / den, missing when either is missing or the denominator is not positive."""
+    if num is None or den is None or not den > 0:
+        return None
+    return num / den
+
+
 def _ready(o: Observation) -> int:
     return o.ready_replicas
 
 
 def _cpu_usage_ratio(o: Observation) -> float | None:
     used = _mean([p.cpu_usage_cores for p in o.pods if p.ready])
-    return _cap(None if used is None else used / o.cpu_request_cores, RATIO_CAP)
+    return _cap(_ratio(used, o.cpu_request_cores), RATIO_CAP)
 
 
 def _queue_time_ms(o: Observation) -> float | None:
@@ -81,9 +89,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         "p95_over_slo",
         True,
-        lambda o: _cap(
-            None if o.p95_latency_s is None else o.p95_latency_s / o.slo_p95_s, RATIO_CAP
-        ),
+        lambda o: _cap(_ratio(o.p95_latency_s, o.slo_p95_s), RATIO_CAP),
         "p95 latency / SLO (capped at 10)",
     ),
     Feature("success_ratio", True, lambda o: o.success_ratio, "successful / all requests"),
@@ -133,7 +139,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("free_gpu_slots", False, lambda o: o.free_gpu_slots, "unallocated time-sliced GPUs"),
     Feature("cpu_request_cores", False, lambda o: o.cpu_request_cores, "per pod"),
     Feature("memory_request_gib", False, lambda o: o.memory_request_bytes / GIB, "per pod"),
-    Feature("log2_max_batch_size", False, lambda o: math.log2(o.max_batch_size), "Triton"),
+    Feature("log2_max_batch_size", False, lambda o: math.log2(max(o.max_batch_size, 1)), "Triton"),
     Feature("batch_delay_ms", False, lambda o: 1e3 * o.batch_delay_s, "Triton queue delay"),
     Feature("instance_count", False, lambda o: o.instance_count, "Triton instance group"),
     Feature(
@@ -163,7 +169,7 @@ SCHEMA_HASH = schema_hash()
 
 def encode(obs: Observation) -> np.ndarray:
     """The state vector of ``obs`` (float32, :data:`STATE_DIM` long; missing → 0 plus flag 1)."""
-    out = np.zeros(STATE_DIM, dtype=np.float32)
+    out = np.zeros(STATE_DIM, dtype=np.float64)
     k = len(FEATURES)
     j = 0
     for i, f in enumerate(FEATURES):
@@ -173,8 +179,10 @@ def encode(obs: Observation) -> np.ndarray:
                 out[k + j] = 1.0
                 v = 0.0
             j += 1
+        elif v is None or math.isnan(v):  # ±inf is clipped below; NaN has no meaning
+            raise InvalidRequest(f"state: required input {f.name} is {v!r}")
         out[i] = float(v)  # type: ignore[arg-type]
-    return np.clip(out, -STATE_BOUND, STATE_BOUND)
+    return np.clip(out, -STATE_BOUND, STATE_BOUND).astype(np.float32)
 
 
 def missing(vector: np.ndarray) -> dict[str, bool]:

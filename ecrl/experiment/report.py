@@ -21,6 +21,7 @@ import pandas as pd
 from ecrl.experiment.kpis import KPI_BY_NAME, KPI_NAMES
 from ecrl.experiment.plots import display_scale, write_plots
 from ecrl.experiment.stats import COST_KPI, significance_marks, summarize
+from ecrl.experiment.targets import check_targets, per_shape_rows
 
 _META_FIELDS: tuple[tuple[str, str], ...] = (
     ("modes", "Modes"),
@@ -208,6 +209,30 @@ def _cost_floor_blocks(summary: pd.DataFrame, oracle_mode: str | None) -> list[B
     return blocks
 
 
+def _target_blocks(kpis: pd.DataFrame, meta: Mapping[str, Any]) -> list[Block]:
+    """The learned policy's targets, met or missed, with per-profile means behind them."""
+    rl_mode = str(meta.get("rl_mode", "rl"))
+    baseline = str(meta.get("baseline_mode", "baseline"))
+    oracle = meta.get("oracle_mode")
+    targets = check_targets(kpis, rl_mode, oracle, baseline)
+    if not targets:
+        return []
+    modes = [m for m in (rl_mode, oracle, baseline) if m] + [
+        m for m in pd.unique(kpis["mode"]) if m not in (rl_mode, oracle, baseline)
+    ]
+    head, rows = per_shape_rows(kpis, modes)
+    return [
+        ("h", 2, f"Targets of the learned policy ('{rl_mode}')"),
+        (
+            "p",
+            "Pooled over every profile and repeat of this report (means of the per-run KPIs). "
+            "A missed target is reported as missed; the runs are not re-selected or tuned.",
+        ),
+        ("ul", [t.text() for t in targets]),
+        ("table", head, rows),
+    ]
+
+
 def _how_to_read() -> list[Block]:
     """Definitions a reader needs to interpret the tables and plots without the code."""
     items = [
@@ -326,6 +351,7 @@ def write_report(
     for profile in pd.unique(summary["profile"]):
         blocks += _profile_blocks(summary, str(profile), baseline_mode)
     blocks += _cost_floor_blocks(summary, oracle_mode)
+    blocks += _target_blocks(kpis, {**meta, "oracle_mode": oracle_mode})
     blocks.append(("h", 2, "Plots"))
     blocks += [("img", p.relative_to(out).as_posix(), p.stem) for p in plots]
     blocks += _how_to_read()

@@ -32,7 +32,8 @@ from ecrl.twin.twin import Twin
 
 BASELINE_MODE = "hpa-cpu"
 ORACLE_MODE = "oracle"
-DEFAULT_MODES: tuple[str, ...] = ("static", "hpa-cpu", "hpa-queue", "kpa", "oracle")
+RL_MODE = "rl"
+DEFAULT_MODES: tuple[str, ...] = ("rl", "static", "hpa-cpu", "hpa-queue", "kpa", "oracle")
 TUNED_SETTINGS: dict[str, dict[str, float]] = {
     # Knative's default container-concurrency-target (100) suits HTTP apps, not a GPU model
     # server: one Triton pod on the reference box holds ~60 req/s × ~0.15 s ≈ 9 requests in
@@ -96,7 +97,12 @@ PolicyFactory = Callable[[str, LoadShape, ClusterSpec, Profile], Policy]
 def default_policy_factory(
     mode: str, shape: LoadShape, cluster: ClusterSpec, profile: Profile
 ) -> Policy:
-    """Build the policy for ``mode`` (baselines by name; the oracle sees the shape)."""
+    """Build the policy for ``mode`` (baselines by name; the oracle sees the shape; ``rl`` is
+    the packaged ONNX policy, loaded by the same loader the policy server uses)."""
+    if mode == RL_MODE:
+        from ecrl.policies.learned import LearnedPolicy
+
+        return LearnedPolicy.load()
     if mode == ORACLE_MODE:
         from ecrl.policies.oracle import OraclePolicy
 

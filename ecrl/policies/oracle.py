@@ -2,7 +2,8 @@
 
 It knows the future load and plans with the twin's own steady-state model: at every tick it
 takes the peak users over the next pod-ready time (plus one period) and applies the
-cheapest configuration — fewest replicas, then lowest predicted p95 — whose predicted p95 at
+cheapest configuration — fewest replicas, then the largest capacity (replicas × batching ×
+instances × CPU per pod, the same levers the RL policy has) — whose predicted p95 at
 that peak is within the SLO (with a safety margin). No real policy can know the future, so
 its GPU-replica-seconds are the floor every mode's cost is divided by in the report.
 """
@@ -33,6 +34,8 @@ class OracleConfig:
     batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32)
     delays_s: tuple[float, ...] = (0.0, 0.002, 0.005, 0.01)
     instance_counts: tuple[int, ...] = (1, 2)
+    cpu_request_cores: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
+    """CPU per pod (Triton's pre/post-processing is CPU-bound; the RL envelope allows 0.5–4)."""
     user_grid_step: float = field(default=1.0, metadata=bounds(0.1, 100.0))
 
 
@@ -80,6 +83,7 @@ class OraclePolicy:
             max_batch_size=int(cfg["max_batch"]),
             batch_delay_s=float(cfg["delay_s"]),
             instance_count=int(cfg["instances"]),
+            cpu_request_cores=float(cfg["cpu"]),
             reason=reason,
         )
 
@@ -93,25 +97,28 @@ def capacity_table(
     grid = np.arange(0.0, max_users + c.user_grid_step, c.user_grid_step)
     target = cluster.slo_p95_s * c.slo_margin
     out: list[tuple[float, float, dict[str, float]]] = []
-    for r, b, n, dl in itertools.product(
+    node_cpu = min(n.cpu_cores for n in cluster.nodes) - cluster.system_reserved_cpu_cores
+    for r, b, n, dl, cpu in itertools.product(
         range(max(d.min_replicas, 1), d.max_replicas + 1),
         c.batch_sizes,
         c.instance_counts,
         c.delays_s,
+        c.cpu_request_cores,
     ):
-        if r > cluster.total_gpu_slots:
+        if r > cluster.total_gpu_slots or np.ceil(r / len(cluster.nodes)) * cpu > node_cpu:
             continue
         if (
             profile.vram_per_replica_bytes(n, b) * np.ceil(r / len(cluster.nodes))
             > profile.gpu.vram_bytes
         ):
             continue
-        ss = steady_state(profile, cluster, grid, r, b, n, d.cpu_request_cores, dl)
+        ss = steady_state(profile, cluster, grid, r, b, n, cpu, dl)
         ok = ss.p95_s <= target
         # the largest user count below which every grid point is within target
         bad = np.flatnonzero(~ok)
         cap = grid[bad[0] - 1] if len(bad) and bad[0] > 0 else (grid[-1] if not len(bad) else -1.0)
-        cfg = {"replicas": r, "max_batch": b, "instances": n, "delay_s": dl}
-        out.append((r, -cap, cfg | {"capacity_users": cap}))
-    out.sort(key=lambda x: (x[0], x[1]))
-    return [(-neg_cap, cfg) for _, neg_cap, cfg in out]
+        cfg = {"replicas": r, "max_batch": b, "instances": n, "delay_s": dl, "cpu": cpu}
+        out.append((r, -cap, cpu, cfg | {"capacity_users": cap}))
+    # Cheapest first: fewest GPU replicas; among those the largest capacity, then least CPU.
+    out.sort(key=lambda x: (x[0], x[1], x[2]))
+    return [(-neg_cap, cfg) for _, neg_cap, _, cfg in out]

@@ -39,6 +39,9 @@ from ecrl.twin.spec import ClusterSpec
 from ecrl.twin.twin import Twin
 
 MASK_DIM = int(sum(NVEC))
+GPU_SHARE, CPU_SHARE, MEMORY_SHARE = 0.9, 0.05, 0.05
+"""How resource efficiency weighs what the Deployment holds: the GPU slot is the scarce,
+costly resource of an edge box (and the cost KPI); CPU and memory weigh enough to trim waste."""
 
 
 @dataclass(frozen=True)
@@ -181,9 +184,9 @@ class TwinVecEnv:
             )
             pods = hold.sum(axis=1)
             held += (
-                0.8 * pods / d.max_replicas
-                + 0.1 * pods * tw.cpu_req / (d.max_replicas * env_cfg.cpu_max_cores)
-                + 0.1 * pods * tw.mem_req / (d.max_replicas * env_cfg.memory_max_bytes)
+                GPU_SHARE * pods / d.max_replicas
+                + CPU_SHARE * pods * tw.cpu_req / (d.max_replicas * env_cfg.cpu_max_cores)
+                + MEMORY_SHARE * pods * tw.mem_req / (d.max_replicas * env_cfg.memory_max_bytes)
             )
         return TickOutcome(p95, failed, busy / n, held / n, churn)
 

@@ -69,8 +69,8 @@ class Args:
     plateau_min_delta: float = field(default=0.01, metadata=bounds(0.0, 10.0))
     """Relative improvement of the validation score that resets the patience."""
     stable_kl: float = field(default=0.02, metadata=bounds(0.0, 10.0))
-    stable_entropy_delta: float = field(default=0.1, metadata=bounds(0.0, 10.0))
-    """Largest relative entropy change over the patience window for a stable policy."""
+    stable_entropy_delta: float = field(default=0.25, metadata=bounds(0.0, 100.0))
+    """Largest entropy change (nats, summed over heads) over the patience window."""
     min_updates: int = field(default=20, metadata=bounds(0, 1_000_000))
     """No plateau stop before this many updates."""
     torch_threads: int = field(default=1, metadata=bounds(1, 256))
@@ -145,31 +145,40 @@ def gae(
 
 
 class Plateau:
-    """The stopping rule: validation plateau *and* a stable policy (KL and entropy)."""
+    """The stopping rule: validation plateau *and* a stable policy (KL and entropy).
+
+    The best checkpoint follows every new best score; the patience only resets on an
+    improvement larger than ``plateau_min_delta`` (relative), so noise does not keep a
+    converged run alive.
+    """
 
     def __init__(self, args: Args) -> None:
         self.args = args
         self.best = -math.inf
+        self.reference = -math.inf
         self.since_best = 0
         self.entropies: list[float] = []
 
     def improved(self, score: float) -> bool:
-        margin = self.args.plateau_min_delta * max(abs(self.best), 1e-8)
-        if score > self.best + (0.0 if math.isinf(self.best) else margin):
-            self.best, self.since_best = score, 0
+        """Record a validation score; True when it is a new best (save a checkpoint)."""
+        margin = self.args.plateau_min_delta * max(abs(self.reference), 1e-8)
+        if math.isinf(self.reference) or score > self.reference + margin:
+            self.reference, self.since_best = score, 0
+        else:
+            self.since_best += 1
+        if score > self.best:
+            self.best = score
             return True
-        self.since_best += 1
         return False
 
     def converged(self, approx_kl: float, entropy: float, update: int) -> bool:
         self.entropies.append(entropy)
         window = self.entropies[-self.args.plateau_patience :]
-        drift = (max(window) - min(window)) / max(abs(window[-1]), 1e-8)
         return (
             update >= self.args.min_updates
             and self.since_best >= self.args.plateau_patience
             and approx_kl < self.args.stable_kl
-            and drift < self.args.stable_entropy_delta
+            and max(window) - min(window) < self.args.stable_entropy_delta
         )
 
 

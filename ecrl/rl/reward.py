@@ -2,8 +2,8 @@
 
 ``R = w1·GPU_util_gain + w2·resource_efficiency − w3·latency_penalty − w4·qos_violation
 − w5·churn`` (seeds/001 §4, seeds/002; DESIGN.md). Each term is a plain, bounded number so the
-weights read as exchange rates ("one fully violated tick costs as much as four GPU replicas
-kept for a tick" with the defaults).
+weights read as exchange rates ("one fully violated tick costs as much as about seven GPU
+replicas kept for a tick" with the defaults).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ class RewardConfig:
     """w2: 1 − the share of the Deployment's maximum GPU slots, CPU and memory it holds."""
     w_latency_penalty: float = field(default=0.5, metadata=bounds(0.0, 100.0))
     """w3: how far p95 is above the SLO, relative to the SLO (capped at 3×)."""
-    w_qos_violation: float = field(default=4.0, metadata=bounds(0.0, 1000.0))
+    w_qos_violation: float = field(default=6.0, metadata=bounds(0.0, 1000.0))
     """w4: share of the tick's seconds with p95 > SLO or any failed request (the KPI's rule)."""
-    w_churn: float = field(default=0.05, metadata=bounds(0.0, 100.0))
+    w_churn: float = field(default=0.25, metadata=bounds(0.0, 100.0))
     """w5: per replica added/removed and per other setting changed."""
 
 

@@ -90,13 +90,16 @@ def generated_shape(rng: np.random.Generator, duration_s: float, max_users: floa
     """A random load curve: 2–6 segments of steps or ramps between log-uniform levels, and
     sometimes a flash crowd (×2–4 for 15–60 s)."""
 
-    def level() -> float:
-        return float(np.exp(rng.uniform(np.log(1.0), np.log(max_users))))
+    def level() -> float:  # half log-uniform (many light loads), half uniform (heavy ones)
+        if rng.random() < 0.5:
+            return float(np.exp(rng.uniform(0.0, np.log(max_users))))
+        return float(rng.uniform(1.0, max_users))
 
     t, v = 0.0, level()
     points: list[tuple[float, float]] = [(0.0, v)]
     n_seg = int(rng.integers(2, 7))
-    cuts = np.sort(rng.uniform(20.0, duration_s - 20.0, n_seg - 1))
+    lo, hi = min(20.0, duration_s / 3), max(duration_s - 20.0, duration_s * 2 / 3)
+    cuts = np.sort(rng.uniform(lo, hi, n_seg - 1))
     for raw_cut in cuts:
         cut = max(float(raw_cut), t)
         nxt = level()
@@ -109,7 +112,7 @@ def generated_shape(rng: np.random.Generator, duration_s: float, max_users: floa
     points.append((max(duration_s, t), v))
     shape = LoadShape("generated", tuple(points))
     if rng.random() < 0.3:
-        start = float(rng.uniform(0.0, duration_s - 60.0))
+        start = float(rng.uniform(0.0, max(duration_s - 60.0, 0.0)))
         length = float(rng.uniform(15.0, 60.0))
         factor = float(rng.uniform(2.0, 4.0))
         ts = np.arange(0.0, duration_s + 1.0)

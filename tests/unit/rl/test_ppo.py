@@ -112,9 +112,11 @@ def test_ppo_learns_the_sign_bandit_and_never_takes_a_masked_step(tmp_path: Path
 def test_plateau_needs_both_a_flat_score_and_a_stable_policy() -> None:
     p = Plateau(Args(plateau_patience=2, min_updates=0, stable_kl=0.01, stable_entropy_delta=0.1))
     assert p.improved(10.0)
-    assert not p.improved(10.05)  # below the 1 % margin
+    assert p.improved(10.05)  # a new best (saved) but below the 1 % margin: patience runs on
     assert not p.converged(0.001, 1.0, update=1)  # patience not used up yet
     assert not p.improved(10.0)
     assert not p.converged(0.5, 1.0, update=2)  # KL still large: policy still moving
     assert not p.improved(9.0)
-    assert p.converged(0.001, 1.0, update=3)
+    assert not p.converged(0.001, 1.5, update=3)  # entropy still moving
+    assert not p.improved(9.0)
+    assert p.converged(0.001, 1.5, update=4)
