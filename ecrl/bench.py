@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from ecrl.actions import NOOP
 from ecrl.experiment.runner import resolve_profile
 from ecrl.twin.spec import ClusterSpec
 from ecrl.twin.twin import Twin
@@ -46,6 +47,42 @@ def bench_twin(n_envs: int, steps: int = 100, trials: int = 7) -> list[float]:
     return out
 
 
+def bench_rl_env(n_envs: int = 64, ticks: int = 60, trials: int = 3) -> list[float]:
+    """RL environment ticks per second (5 s of twin time each, observe+encode+mask+act)."""
+    from ecrl.rl.env import TwinVecEnv
+
+    cluster = ClusterSpec()
+    env = TwinVecEnv(cluster, resolve_profile(cluster.profile), n_envs, seed=0)
+    env.reset()
+    noop = np.tile(np.array(NOOP), (n_envs, 1))
+    out = []
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        for _ in range(ticks):
+            env.step(noop)
+        out.append(n_envs * ticks / (time.perf_counter() - t0))
+    return out
+
+
+def bench_decide(n: int = 2000) -> list[float]:
+    """Latency (µs) of one LearnedPolicy decision with the packaged ONNX (encode → act → clamp)."""
+    from ecrl.policies.learned import LearnedPolicy
+    from ecrl.twin.observe import observation
+
+    cluster = ClusterSpec()
+    tw = Twin(cluster, resolve_profile(cluster.profile), seed=0)
+    for _ in range(30):
+        tw.step(30.0)
+    obs = observation(tw)
+    policy = LearnedPolicy.load()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        policy.decide(obs)
+        out.append((time.perf_counter() - t0) * 1e6)
+    return out
+
+
 def bench_demo() -> float:
     from ecrl.cli import main
 
@@ -66,6 +103,11 @@ def main() -> None:
         rates = bench_twin(n, steps=100 if n > 1 else 300)
         ratio = np.median(rates) / TWIN_TARGET_STEPS_S
         print(f"twin env-steps/s, {n:>5} envs: {_pct(rates)}  (×{ratio:.2f} of the 100k target)")
+    rates = bench_rl_env()
+    print(f"rl env ticks/s, 64 envs (PPO's rollout side): {_pct(rates)}")
+    lat = np.asarray(bench_decide())
+    p50, p99 = np.percentile(lat, [50, 99])
+    print(f"rl policy decide (ONNX, one observation): p50 {p50:,.0f} µs  p99 {p99:,.0f} µs")
     if not args.skip_demo:
         wall = bench_demo()
         print(f"\ndemo wall time: {wall:.1f} s  (×{wall / DEMO_TARGET_S:.2f} of the 300 s budget)")

@@ -65,6 +65,7 @@ KPI_SPECS: tuple[KpiSpec, ...] = (
     KpiSpec("gpu_replica_seconds", "replica·s", "lower", "Cost (GPU-replica-seconds)"),
     KpiSpec("replicas_mean", "replicas", "lower", "Replicas (mean)"),
     KpiSpec("scaling_actions_per_hour", "1/h", "lower", "Scaling actions per hour"),
+    KpiSpec("replica_actions_per_hour", "1/h", "lower", "Replica changes per hour"),
     KpiSpec("reaction_time_s", "s", "lower", "Time to react to a load step"),
 )
 KPI_NAMES: tuple[str, ...] = tuple(k.name for k in KPI_SPECS)
@@ -85,15 +86,17 @@ def slo_violation_seconds(series: pd.DataFrame, slo_p95_s: float) -> np.ndarray:
     return over | (np.nan_to_num(fail) > 0)
 
 
-def scaling_actions(series: pd.DataFrame) -> int:
-    """Number of changes to any managed setting (replicas, batching, instances, resources)."""
-    cols = [
-        "replicas_desired",
-        "max_batch_size",
-        "instance_count",
-        "cpu_request_cores",
-        "memory_request_bytes",
-    ]
+MANAGED_SETTINGS: tuple[str, ...] = (
+    "replicas_desired",
+    "max_batch_size",
+    "instance_count",
+    "cpu_request_cores",
+    "memory_request_bytes",
+)
+
+
+def scaling_actions(series: pd.DataFrame, cols: tuple[str, ...] = MANAGED_SETTINGS) -> int:
+    """Number of changes to the managed settings ``cols`` (default: all of them)."""
     changes = 0
     for c in cols:
         v = series[c].to_numpy(dtype=float)
@@ -159,5 +162,8 @@ def compute_kpis(
         "gpu_replica_seconds": float(series["gpu_replicas"].sum()),
         "replicas_mean": float(series["replicas_ready"].mean()),
         "scaling_actions_per_hour": scaling_actions(series) / hours if hours else math.nan,
+        "replica_actions_per_hour": (
+            scaling_actions(series, ("replicas_desired",)) / hours if hours else math.nan
+        ),
         "reaction_time_s": reaction_time_s(series, slo_p95_s),
     }

@@ -51,6 +51,7 @@ _KPI_DEFINITIONS: dict[str, str] = {
     "gpu_replica_seconds": "sum over seconds of replicas holding a GPU (cost)",
     "replicas_mean": "mean number of ready replicas",
     "scaling_actions_per_hour": "changes of replicas, batching, instances or resources per hour",
+    "replica_actions_per_hour": "changes of the replica count per hour (all an HPA can change)",
     "reaction_time_s": "mean time from an upward load step until p95 stays within the SLO",
 }
 """One line per KPI for "How to read"; the computation lives in ``ecrl.experiment.kpis``."""

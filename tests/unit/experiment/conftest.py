@@ -84,6 +84,7 @@ _KPI_LEVELS: dict[str, float] = {
     "gpu_replica_seconds": 100.0,
     "replicas_mean": 2.5,
     "scaling_actions_per_hour": 30.0,
+    "replica_actions_per_hour": 30.0,
     "reaction_time_s": 12.0,
 }
 """Baseline level of each KPI in the synthetic runs (other modes scale it)."""

@@ -109,14 +109,25 @@ def test_ppo_learns_the_sign_bandit_and_never_takes_a_masked_step(tmp_path: Path
     assert (tmp_path / "best.pt").exists() and (tmp_path / "result.json").exists()
 
 
-def test_plateau_needs_both_a_flat_score_and_a_stable_policy() -> None:
+def run_plateau(scores: list[float], kls: list[float], entropies: list[float]) -> list[bool]:
     p = Plateau(Args(plateau_patience=2, min_updates=0, stable_kl=0.01, stable_entropy_delta=0.1))
-    assert p.improved(10.0)
-    assert p.improved(10.05)  # a new best (saved) but below the 1 % margin: patience runs on
-    assert not p.converged(0.001, 1.0, update=1)  # patience not used up yet
-    assert not p.improved(10.0)
-    assert not p.converged(0.5, 1.0, update=2)  # KL still large: policy still moving
-    assert not p.improved(9.0)
-    assert not p.converged(0.001, 1.5, update=3)  # entropy still moving
-    assert not p.improved(9.0)
-    assert p.converged(0.001, 1.5, update=4)
+    out = []
+    for i, (s, kl, ent) in enumerate(zip(scores, kls, entropies, strict=True)):
+        p.improved(s)
+        out.append(p.converged(kl, ent, update=i))
+    return out
+
+
+def test_plateau_stops_on_a_flat_score_with_a_stable_policy() -> None:
+    assert run_plateau([10, 10.05, 10, 9.9], [0.001] * 4, [1.0] * 4) == [False, False, True, True]
+
+
+def test_plateau_waits_while_kl_is_large_or_entropy_still_drifts() -> None:
+    assert not any(run_plateau([10, 10, 10, 10], [0.5] * 4, [1.0] * 4))
+    assert not any(run_plateau([10, 10, 10, 10], [0.001] * 4, [2.0, 1.7, 1.4, 1.1]))
+
+
+def test_plateau_keeps_the_best_checkpoint_even_below_the_patience_margin() -> None:
+    p = Plateau(Args(plateau_patience=2))
+    assert p.improved(10.0) and p.improved(10.05) and not p.improved(10.0)
+    assert p.best == 10.05 and p.since_best == 2
