@@ -57,8 +57,9 @@ fmt: $(VENV)/.dev-stamp ## format and autofix
 bench: $(VENV)/.dev-stamp ## benchmarks: twin env-steps/s, demo wall time (figures go to BENCHMARKS.md)
 	$(PY) -m ecrl.bench
 
-train: $(VENV)/.dev-stamp ## train the PPO scaling policy on the twin (≤ 15 min on 2 cores) and install ecrl/models/rl-policy.onnx
+train: $(VENV)/.dev-stamp ## train the PPO scaling policy and the placement scorer on the twin (≈ 10 min on 2 cores), install both under ecrl/models/
 	$(VENV)/bin/ecrl train --out runs/train --install ecrl/models/rl-policy.onnx
+	$(VENV)/bin/ecrl placement train --out runs/placement --install ecrl/models/placement.onnx
 
 calibrate: $(VENV)/.dev-stamp ## measure MobileNetV4-conv-small on this CPU (torch -> ONNX -> onnxruntime) and write a twin profile
 	$(VENV)/bin/ecrl calibrate local-cpu --out ecrl/profiles/local-cpu-mobilenetv4.yaml

@@ -1,4 +1,4 @@
-"""The ``ecrl`` command: demo, experiment, train, calibrate (each with --help and an example).
+"""The ``ecrl`` command: demo, experiment, train, placement, calibrate (each with --help, example).
 
 The CLI is the only layer that prints for people; everything below it returns data.
 """
@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ecrl.cli_placement import add_placement_parser
 from ecrl.config import from_file
 from ecrl.errors import ConfigError
 from ecrl.experiment.runner import (
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--install", default=None, help="copy the exported policy.onnx here")
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     tr.set_defaults(func=_train)
+    add_placement_parser(sub, _csv)
     cal = sub.add_parser(
         "calibrate", help="measure a model server and write a twin profile", epilog=EPILOG_CAL
     )

@@ -28,7 +28,7 @@ from ecrl.policies.base import Action, Policy
 from ecrl.twin.observe import observation, series_row
 from ecrl.twin.profile import Profile, builtin_profile_path, load_profile
 from ecrl.twin.spec import ClusterSpec
-from ecrl.twin.twin import Twin
+from ecrl.twin.twin import PlacementScorer, Twin
 
 BASELINE_MODE = "hpa-cpu"
 ORACLE_MODE = "oracle"
@@ -120,11 +120,16 @@ def run_one(
     seed: int,
     repeat: int = 0,
     factory: PolicyFactory = default_policy_factory,
+    placement: PlacementScorer | None = None,
 ) -> RunResult:
-    """Simulate one mode on one shape with one seed; returns series, histogram and KPIs."""
+    """Simulate one mode on one shape with one seed; returns series, histogram and KPIs.
+
+    ``placement`` binds pods by a node scorer (``ecrl.placement.twin_placement``) instead of
+    the twin's built-in spread, so a placement comparison reuses this loop unchanged.
+    """
     policy = factory(mode, shape, cluster, profile)
     policy.reset()
-    tw = Twin(cluster, profile, n_envs=1, seed=seed, record_histograms=True)
+    tw = Twin(cluster, profile, n_envs=1, seed=seed, record_histograms=True, placement=placement)
     values = shape.series(tw.dt_s)
     rows: list[dict[str, float]] = []
     hists: list[np.ndarray] = []

@@ -59,8 +59,11 @@ class EnvConfig:
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
 
 
-def _targets(actions: list[Action]) -> dict[str, np.ndarray]:
-    """Per-env absolute targets for :meth:`Twin.set_targets` (None → NaN = unchanged)."""
+def action_targets(actions: Sequence[Action]) -> dict[str, np.ndarray]:
+    """Per-env absolute targets for :meth:`Twin.set_targets` (None → NaN = unchanged).
+
+    Shared with the placement trainer, which steps a vectorized twin without this env.
+    """
 
     def col(get: Any) -> np.ndarray:
         return np.array([np.nan if (v := get(a)) is None else float(v) for a in actions])
@@ -146,7 +149,7 @@ class TwinVecEnv:
             act, why = clamp(o, decode(o, c), env_cfg.envelope)
             acts.append(act)
             cuts += bool(why)
-        self.twin.set_targets(**_targets(acts))
+        self.twin.set_targets(**action_targets(acts))
         outcome = self._run_tick(np.array([changes(c) for c in choices]))
         terms = reward_terms(outcome, self.cluster.slo_p95_s)
         rew = reward(terms, env_cfg.reward)

@@ -9,6 +9,9 @@ Domain randomization perturbs the calibrated profile per episode (CPU cost per r
 overhead, pod start-up time) and per environment (GPU speed, background GPU load — the two
 figures the seeds contradict), so the policy does not overfit one calibration and survives
 the move from the twin to a real box.
+
+For the placement scorer, :func:`randomized_cluster` does the same to the cluster (which nodes,
+in which order, how big, how fast), so it learns GPU speed and load, not one cluster's layout.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from ecrl.config import bounds
 from ecrl.load.shapes import LoadShape
 from ecrl.twin.profile import Profile
+from ecrl.twin.spec import ClusterSpec
 
 VALIDATION_SHAPES: tuple[str, ...] = ("bursty", "diurnal")
 """Named shapes used to pick the best checkpoint (never trained on, never the test set)."""
@@ -121,3 +125,32 @@ def generated_shape(rng: np.random.Generator, duration_s: float, max_users: floa
         vs = np.where(burst, np.minimum(vs * factor, max_users), vs)
         shape = LoadShape("generated", tuple(zip(ts.tolist(), vs.tolist(), strict=True)))
     return shape
+
+
+def randomized_cluster(
+    base: ClusterSpec,
+    rng: np.random.Generator,
+    *,
+    node_subsets: bool,
+    shuffle_sizes: bool,
+    size_jitter: tuple[float, float],
+    speed_jitter: tuple[float, float],
+) -> ClusterSpec:
+    """A 2–3 node subset in random order, sizes maybe dealt out anew, sizes and speeds jittered.
+
+    ``shuffle_sizes`` (half the draws) decouples a node's CPU/memory from its GPU, so a scorer
+    cannot learn "most free CPU" as a stand-in for "fastest GPU".
+    """
+    nodes = list(base.nodes)
+    if node_subsets and len(nodes) > 2:
+        k = int(rng.integers(2, min(3, len(nodes)) + 1))
+        nodes = [nodes[i] for i in rng.permutation(len(nodes))[:k]]
+    sizes = [(n.cpu_cores, n.memory_bytes) for n in nodes]
+    if shuffle_sizes and rng.random() < 0.5:
+        sizes = [sizes[i] for i in rng.permutation(len(sizes))]
+    out = []
+    for n, (cpu, mem) in zip(nodes, sizes, strict=True):
+        f_cpu, f_mem = rng.uniform(*size_jitter, 2)
+        gpus = tuple(replace(g, speed=g.speed * float(rng.uniform(*speed_jitter))) for g in n.gpus)
+        out.append(replace(n, cpu_cores=cpu * f_cpu, memory_bytes=int(mem * f_mem), gpus=gpus))
+    return replace(base, nodes=tuple(out))

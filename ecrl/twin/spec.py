@@ -99,3 +99,16 @@ class ClusterSpec:
 def load_cluster(path: str) -> ClusterSpec:
     """Load a cluster scenario YAML (one-line ConfigError naming the field on bad input)."""
     return from_file(ClusterSpec, path)
+
+
+def builtin_cluster_path(name: str) -> str:
+    """Path of a cluster scenario shipped with the package (``ecrl/configs/<name>.yaml``)."""
+    from importlib.resources import files
+
+    return str(files("ecrl") / "configs" / f"{name}.yaml")
+
+
+def resolve_cluster(name_or_path: str) -> ClusterSpec:
+    """A packaged cluster scenario by name (``multi-node``) or a path to a cluster YAML."""
+    is_path = name_or_path.endswith((".yaml", ".yml"))
+    return load_cluster(name_or_path if is_path else builtin_cluster_path(name_or_path))
