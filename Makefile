@@ -10,7 +10,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 ECRL_CACHE ?= $(HOME)/.cache/ecrl
 export UV_CACHE_DIR ?= $(HOME)/.cache/uv
 
-.PHONY: help demo test test-unit lint fmt bench train calibrate clean venv venv-dev
+.PHONY: help demo test test-unit lint fmt bench train testbed testbed-build testbed-down calibrate clean venv venv-dev
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n",$$1,$$2}'
@@ -40,10 +40,10 @@ lock: | $(UV) ## re-resolve requirements/*.lock from pyproject.toml
 demo: $(VENV)/.base-stamp ## run the default comparison on the embedded twin (all baselines + oracle, N=5) and print the KPI table
 	$(VENV)/bin/ecrl demo --out results/demo
 
-test: $(VENV)/.dev-stamp ## lint, then the whole test suite
+test: $(VENV)/.dev-stamp testbed-build ## lint, then the whole test suite (unit, integration, e2e on the testbed)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q
+	ECRL_E2E=1 ECRL_CACHE=$(ECRL_CACHE) $(PY) -m pytest -q
 
 test-unit: $(VENV)/.dev-stamp ## fast unit tests only
 	$(PY) -m pytest -q tests/unit
@@ -60,6 +60,16 @@ bench: $(VENV)/.dev-stamp ## benchmarks: twin env-steps/s, demo wall time (figur
 train: $(VENV)/.dev-stamp ## train the PPO scaling policy and the placement scorer on the twin (≈ 10 min on 2 cores), install both under ecrl/models/
 	$(VENV)/bin/ecrl train --out runs/train --install ecrl/models/rl-policy.onnx
 	$(VENV)/bin/ecrl placement train --out runs/placement --install ecrl/models/placement.onnx
+
+testbed-build: ## install etcd/Prometheus (Debian) if missing and build the control plane once (~10 min cold, cached in ~/.cache/ecrl)
+	bash deploy/testbed/install-debs.sh
+	ECRL_CACHE=$(ECRL_CACHE) bash deploy/testbed/build.sh >/dev/null
+
+testbed: $(VENV)/.dev-stamp testbed-build ## start the testbed: real Kubernetes 1.33 control plane + kwok GPU nodes on 127.0.0.1
+	ECRL_CACHE=$(ECRL_CACHE) $(PY) -m ecrl.testbed.cluster up
+
+testbed-down: ## stop every testbed process and remove its files
+	ECRL_CACHE=$(ECRL_CACHE) $(PY) -m ecrl.testbed.cluster down
 
 calibrate: $(VENV)/.dev-stamp ## measure MobileNetV4-conv-small on this CPU (torch -> ONNX -> onnxruntime) and write a twin profile
 	$(VENV)/bin/ecrl calibrate local-cpu --out ecrl/profiles/local-cpu-mobilenetv4.yaml
