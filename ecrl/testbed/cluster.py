@@ -141,21 +141,28 @@ def up(
         tb.kubectl("apply", "-f", str(n))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        out = tb.kubectl("get", "nodes", "-o", "json", check=False)
-        if out:
-            items = json.loads(out)["items"]
-            ready = [
-                i
-                for i in items
-                if any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in i.get("status", {}).get("conditions", [])
-                )
-            ]
-            if items and len(ready) == len(items):
-                return tb
+        if _nodes_ready(tb) and _default_service_account(tb):
+            return tb
         time.sleep(1.0)
-    raise TestbedError(f"nodes not Ready within {timeout_s:.0f} s")
+    raise TestbedError(f"nodes Ready / default ServiceAccount not there within {timeout_s:.0f} s")
+
+
+def _nodes_ready(tb: Testbed) -> bool:
+    out = tb.kubectl("get", "nodes", "-o", "json", check=False)
+    if not out:
+        return False
+    items = json.loads(out)["items"]
+
+    def ready(node: dict) -> bool:
+        conds = node.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+    return bool(items) and all(ready(i) for i in items)
+
+
+def _default_service_account(tb: Testbed) -> bool:
+    """Pods are refused until the controller-manager has created the 'default' ServiceAccount."""
+    return bool(tb.kubectl("get", "serviceaccount", "default", "-o", "name", check=False))
 
 
 def down(name: str = DEFAULT_NAME) -> None:
