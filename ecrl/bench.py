@@ -10,6 +10,7 @@ import argparse
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -38,12 +39,17 @@ def bench_twin(n_envs: int, steps: int = 100, trials: int = 7) -> list[float]:
     users = np.random.default_rng(0).uniform(5, 100, n_envs)
     for _ in range(10):
         tw.step(users)
+    return _rates(lambda: tw.step(users), n_envs * steps, steps, trials)
+
+
+def _rates(step: Callable[[], object], work: int, steps: int, trials: int) -> list[float]:
+    """``work`` units per second of ``steps`` calls to ``step``, once per trial."""
     out = []
     for _ in range(trials):
         t0 = time.perf_counter()
         for _ in range(steps):
-            tw.step(users)
-        out.append(n_envs * steps / (time.perf_counter() - t0))
+            step()
+        out.append(work / (time.perf_counter() - t0))
     return out
 
 
@@ -55,13 +61,7 @@ def bench_rl_env(n_envs: int = 64, ticks: int = 60, trials: int = 3) -> list[flo
     env = TwinVecEnv(cluster, resolve_profile(cluster.profile), n_envs, seed=0)
     env.reset()
     noop = np.tile(np.array(NOOP), (n_envs, 1))
-    out = []
-    for _ in range(trials):
-        t0 = time.perf_counter()
-        for _ in range(ticks):
-            env.step(noop)
-        out.append(n_envs * ticks / (time.perf_counter() - t0))
-    return out
+    return _rates(lambda: env.step(noop), n_envs * ticks, ticks, trials)
 
 
 def bench_decide(n: int = 2000) -> list[float]:

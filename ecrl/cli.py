@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ecrl.cli_common import install, missing_extra
 from ecrl.cli_placement import add_placement_parser
 from ecrl.config import from_file
 from ecrl.errors import ConfigError
@@ -141,12 +142,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     try:
         from ecrl.calibrate.measure import measure_local_cpu, write_profile
     except ModuleNotFoundError as exc:
-        print(
-            f"ecrl: error: calibrate needs the training extra ({exc.name} missing); "
-            "run `make calibrate`",
-            file=sys.stderr,
-        )
-        return 2
+        return missing_extra("calibrate", exc.name, "calibrate")
 
     sizes = tuple(int(b) for b in _csv(args.batch_sizes))
     m = measure_local_cpu(
@@ -163,11 +159,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         from ecrl.rl.train import load_train_config, run_training
     except ModuleNotFoundError as exc:
-        print(
-            f"ecrl: error: train needs the training extra ({exc.name} missing); run `make train`",
-            file=sys.stderr,
-        )
-        return 2
+        return missing_extra("train", exc.name, "train")
     from dataclasses import replace
 
     cfg = load_train_config(args.config)
@@ -189,10 +181,7 @@ def _train(args: argparse.Namespace) -> int:
         f"max |onnx − torch| = {export['max_abs_diff']:.2e}, schema {export['schema_hash']}"
     )
     if args.install:
-        import shutil
-
-        shutil.copyfile(export["path"], args.install)
-        print(f"installed {args.install}")
+        install(export["path"], args.install)
     return 0
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ecrl.cli_common import install, missing_extra
 from ecrl.errors import ConfigError
 from ecrl.experiment.runner import resolve_profile
 
@@ -34,12 +35,7 @@ def _placement_train(args: argparse.Namespace) -> int:
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:  # the ONNX export builds a torch copy
-        print(
-            "ecrl: error: placement train needs the training extra (torch missing); "
-            "run `make venv-dev`",
-            file=sys.stderr,
-        )
-        return 2
+        return missing_extra("placement train", "torch", "venv-dev")
     from ecrl.rl.placement_train import PlacementTrainConfig, fast_config, train_placement
 
     cfg = fast_config() if args.fast else PlacementTrainConfig()
@@ -53,10 +49,7 @@ def _placement_train(args: argparse.Namespace) -> int:
     export = report["export"]
     print(f"exported {export['path']}: max |onnx − torch| = {export['max_abs_diff_vs_torch']:.2e}")
     if args.install:
-        import shutil
-
-        shutil.copyfile(export["path"], args.install)
-        print(f"installed {args.install}")
+        install(export["path"], args.install)
     return 0
 
 

@@ -19,7 +19,6 @@ import platform
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from ecrl.calibrate.mobilenetv4 import build_mobilenetv4_conv_small, count_macs, count_params
 from ecrl.errors import ConfigError, Permanent
+from ecrl.onnx_export import export_graph
 from ecrl.twin.profile import Profile, load_profile
 
 MODEL_NAME = "mobilenetv4_conv_small"
@@ -142,18 +142,9 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = OPSET) -> Path:
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model,
-                (torch.zeros(1, *IMAGE_SHAPE),),
-                str(out),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
+        batch_axis = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+        example = (torch.zeros(1, *IMAGE_SHAPE),)
+        export_graph(model, example, out, [INPUT_NAME], [OUTPUT_NAME], batch_axis, opset)
     finally:
         model.train(was_training)
     return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from ecrl import actions
 from ecrl.errors import Permanent
+from ecrl.onnx_export import export_graph, stamp_metadata
 from ecrl.policy_model import KIND, MASK_DIM, MASK_INPUT, OUTPUTS, STATE_INPUT, PolicyModel
 from ecrl.rl.agent import Agent
 from ecrl.schema import SCHEMA_HASH, SCHEMA_VERSION, STATE_DIM, describe
@@ -80,30 +80,15 @@ def _write_graph(agent: Agent, path: Path, opset: int) -> None:
     """Legacy TorchScript exporter (the dynamo one needs onnxscript, not a dependency)."""
     example = (torch.zeros(2, STATE_DIM), torch.ones(2, MASK_DIM, dtype=torch.bool))
     dynamic = {name: {0: "batch"} for name in (STATE_INPUT, MASK_INPUT, *OUTPUTS)}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            agent,
-            example,
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[STATE_INPUT, MASK_INPUT],
-            output_names=list(OUTPUTS),
-            dynamic_axes=dynamic,
-        )
+    export_graph(agent, example, path, [STATE_INPUT, MASK_INPUT], OUTPUTS, dynamic, opset)
 
 
 def _stamp(path: Path, train_config: Mapping[str, object]) -> int:
     """Add the metadata, run the full checker, save; returns the graph's default-domain opset."""
-    proto = onnx.load(str(path))
-    for key, value in metadata(train_config).items():
-        proto.metadata_props.add(key=key, value=value)
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        proto = stamp_metadata(path, metadata(train_config))
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{path}: exported graph fails onnx.checker: {exc}") from exc
-    onnx.save(proto, str(path))
     return max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 

@@ -351,11 +351,10 @@ def export_placement_onnx(
     scorer: MlpNodeScorer, path: Path, cfg: PlacementTrainConfig | None = None
 ) -> dict[str, Any]:
     """Torch copy of ``scorer`` → ONNX (dynamic node axis), checked, with parity figures."""
-    import warnings
-
-    import onnx
     import torch
     from torch import nn
+
+    from ecrl.onnx_export import export_graph, stamp_metadata
 
     layers: list[nn.Module] = []
     for k, (w, b) in enumerate(scorer.layers):
@@ -366,24 +365,11 @@ def export_placement_onnx(
         layers += [lin] if k == len(scorer.layers) - 1 else [lin, nn.Tanh()]
     net = nn.Sequential(*layers, nn.Flatten(0))
     net.eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        # TorchScript exporter: the dynamo one needs onnxscript (see ecrl.calibrate.measure).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            net,
-            (torch.zeros(3, NODE_FEATURE_DIM),),
-            str(path),
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "nodes"}, OUTPUT_NAME: {0: "nodes"}},
-        )
-    proto = onnx.load(str(path))
+    nodes_axis = {INPUT_NAME: {0: "nodes"}, OUTPUT_NAME: {0: "nodes"}}
+    example = (torch.zeros(3, NODE_FEATURE_DIM),)
+    export_graph(net, example, path, [INPUT_NAME], [OUTPUT_NAME], nodes_axis)
     extra = {} if cfg is None else {"train_config_hash": cfg.config_hash(), "seed": str(cfg.seed)}
-    for key, value in onnx_metadata({"hidden": str(len(scorer.layers) - 1), **extra}).items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(path))
+    stamp_metadata(path, onnx_metadata({"hidden": str(len(scorer.layers) - 1), **extra}))
     ort_scorer = OnnxNodeScorer(path)
     rng = np.random.default_rng(0)
     worst = 0.0

@@ -61,14 +61,17 @@ def validation_env(cfg: TrainConfig, profile: Any) -> TwinVecEnv:
     env_cfg = replace(
         cfg.env, metric_dropout_ratio=0.0, randomization=RandomizationConfig(enabled=False)
     )
-    return TwinVecEnv(cfg.cluster, profile, len(shapes), seed=0, cfg=env_cfg, shapes=shapes)
+    return TwinVecEnv(
+        cfg.cluster, profile, len(shapes), seed=0, cfg=env_cfg, shapes=shapes, autoreset=False
+    )
 
 
 def evaluate_greedy(agent: Agent, env: TwinVecEnv, seed: int = 0) -> float:
-    """Mean return of one greedy episode per env (the validation score; higher is better)."""
+    """Mean return of one greedy episode per env (the validation score; higher is better).
+
+    ``env`` must not auto-reset (:func:`validation_env` builds it so)."""
     states, info = env.reset(seed=seed)
     total = np.zeros(env.n_envs)
-    env.autoreset = False
     while True:
         choices = agent.act(states, info["action_mask"])
         states, rew, term, trunc, info = env.step(choices)
