@@ -35,7 +35,7 @@ venv-dev: $(VENV)/.dev-stamp ## create .venv with runtime + training + test depe
 
 lock: | $(UV) ## re-resolve requirements/*.lock from pyproject.toml
 	$(UV) pip compile -q -p $(PYTHON_VERSION) pyproject.toml -o requirements/base.lock
-	$(UV) pip compile -q -p $(PYTHON_VERSION) pyproject.toml --extra train --extra dev -o requirements/dev.lock
+	$(UV) pip compile -q -p $(PYTHON_VERSION) pyproject.toml --extra train --extra dev --extra testbed --extra services -o requirements/dev.lock
 
 demo: $(VENV)/.base-stamp ## run the default comparison on the embedded twin (all baselines + oracle, N=5) and print the KPI table
 	$(VENV)/bin/ecrl demo --out results/demo

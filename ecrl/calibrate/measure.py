@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ecrl import serving
 from ecrl.calibrate.mobilenetv4 import build_mobilenetv4_conv_small, count_macs, count_params
 from ecrl.errors import ConfigError, Permanent
 from ecrl.onnx_export import export_graph
@@ -36,8 +37,8 @@ from ecrl.twin.profile import Profile, load_profile
 
 MODEL_NAME = "mobilenetv4_conv_small"
 IMAGE_SHAPE = (3, 224, 224)
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
+INPUT_NAME = serving.INPUT_NAME
+OUTPUT_NAME = serving.OUTPUT_NAME
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 OPSET = 17  # ONNX opset 17: LayerNorm-era ops, supported by every ORT >= 1.14
 

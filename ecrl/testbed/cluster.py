@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecrl.testbed import procs
+
 REPO = Path(__file__).resolve().parents[2]
 TESTBED_DIR = REPO / "deploy" / "testbed"
 K8S_VERSION = os.environ.get("K8S_VERSION", "1.33.13")
@@ -166,7 +168,12 @@ def _default_service_account(tb: Testbed) -> bool:
 
 
 def down(name: str = DEFAULT_NAME) -> None:
-    """Stop every process of the cluster and delete its files (no error if it is not running)."""
+    """Stop every process of the cluster and delete its files (no error if it is not running).
+
+    Side processes (Prometheus, kube-state-metrics, the emulator) go first, so nothing keeps
+    scraping or writing to an apiserver that is about to disappear.
+    """
+    procs.stop_all(name)
     bin_dir = CACHE / "testbed" / f"k8s-v{K8S_VERSION}" / "bin"
     if not (bin_dir / "kwokctl").exists():
         return
