@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecrl.errors import ConfigError
 from ecrl.testbed import procs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,13 +122,29 @@ def _kwokctl(bin_dir: Path, *args: str, timeout_s: float = 300.0) -> subprocess.
     )
 
 
+REFERENCE_BOX = "reference-box"
+
+
+def node_files(profile: str, out_dir: Path) -> tuple[Path, ...]:
+    """Node manifests of a profile: the reference box, or a twin cluster scenario (name/YAML)."""
+    if profile == REFERENCE_BOX:
+        return (TESTBED_DIR / "nodes-reference-box.yaml",)
+    from ecrl.testbed.nodes import write_manifests
+
+    return (write_manifests(profile, out_dir / f"nodes-{Path(profile).stem}.json"),)
+
+
 def up(
     name: str = DEFAULT_NAME,
     extender_url: str = DEFAULT_EXTENDER_URL,
-    nodes: tuple[Path, ...] = (TESTBED_DIR / "nodes-reference-box.yaml",),
+    nodes: str = REFERENCE_BOX,
     timeout_s: float = 180.0,
 ) -> Testbed:
-    """Start (or reuse) the cluster and register the emulated GPU nodes; waits until Ready."""
+    """Start (or reuse) the cluster and register the emulated GPU nodes; waits until Ready.
+
+    ``nodes`` is ``reference-box`` (one RTX 3080 node) or a twin cluster scenario such as
+    ``multi-node`` (three GPU nodes of different sizes) or a path to one.
+    """
     bin_dir = build_binaries()
     wd = workdir()
     wd.mkdir(parents=True, exist_ok=True)
@@ -139,7 +156,7 @@ def up(
     if not kubeconfig.exists():
         raise TestbedError(f"no kubeconfig at {kubeconfig}: {proc.stderr.strip()[-500:]}")
     tb = Testbed(name, kubeconfig, bin_dir, wd)
-    for n in nodes:
+    for n in node_files(nodes, wd):
         tb.kubectl("apply", "-f", str(n))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -147,6 +164,16 @@ def up(
             return tb
         time.sleep(1.0)
     raise TestbedError(f"nodes Ready / default ServiceAccount not there within {timeout_s:.0f} s")
+
+
+def attach(name: str = DEFAULT_NAME) -> Testbed:
+    """The running cluster ``name`` (started by :func:`up`); raises if there is none."""
+    wd = workdir()
+    kubeconfig = wd / "clusters" / name / "kubeconfig.yaml"
+    bin_dir = CACHE / "testbed" / f"k8s-v{K8S_VERSION}" / "bin"
+    if not kubeconfig.exists():
+        raise TestbedError(f"no testbed '{name}' is running (start it with: make testbed)")
+    return Testbed(name, kubeconfig, bin_dir, wd)
 
 
 def _nodes_ready(tb: Testbed) -> bool:
@@ -193,19 +220,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["up", "down", "build"])
     parser.add_argument("--name", default=DEFAULT_NAME)
     parser.add_argument("--extender-url", default=DEFAULT_EXTENDER_URL)
+    parser.add_argument(
+        "--nodes",
+        default=REFERENCE_BOX,
+        help="reference-box (default), multi-node, or a twin cluster scenario YAML",
+    )
     args = parser.parse_args(argv)
     try:
         if args.action == "build":
             print(build_binaries())
         elif args.action == "up":
             t0 = time.perf_counter()
-            tb = up(args.name, args.extender_url)
+            tb = up(args.name, args.extender_url, nodes=args.nodes)
             print(f"testbed '{tb.name}' up in {time.perf_counter() - t0:.1f} s")
             print(f"export KUBECONFIG={tb.kubeconfig}")
         else:
             down(args.name)
             print(f"testbed '{args.name}' removed")
-    except TestbedError as exc:
+    except (TestbedError, ConfigError) as exc:
         print(f"testbed: error: {exc}", file=sys.stderr)
         return 1
     return 0
