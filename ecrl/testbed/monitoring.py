@@ -34,9 +34,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecrl.filesd import write_sd
 from ecrl.testbed import cluster, procs
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ecrl.testbed.monitoring")
 
 PROMETHEUS_BINARY = "/usr/bin/prometheus"
 """Debian's prometheus (2.42 on bookworm), installed by ``deploy/testbed/install-debs.sh``."""
@@ -65,20 +66,6 @@ class Monitoring:
 def sd_dir(cluster_name: str) -> Path:
     """Folder of the file_sd JSON files (``triton.json``, ``dcgm.json``) of one cluster."""
     return procs.run_dir(cluster_name) / "sd"
-
-
-def write_sd(directory: Path, job: str, groups: list[dict]) -> Path:
-    """Atomically write ``<directory>/<job>.json`` in file_sd format.
-
-    Written to a temporary name and renamed, so Prometheus' file watcher never reads half a
-    file (it would drop every target of the job until the next change).
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{job}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(groups, indent=1))
-    tmp.replace(path)
-    return path
 
 
 def prometheus_binary() -> str | None:
@@ -121,7 +108,7 @@ def start_kube_state_metrics(
         ],
     )
     _wait(proc, f"http://{HOST}:{port}/healthz", timeout_s)
-    log.info("started", extra={"process": KSM, "pid": proc.pid, "port": port})
+    log.info("started", extra={"component": KSM, "pid": proc.pid, "port": port})
     return proc
 
 
@@ -188,6 +175,7 @@ def start_prometheus_config(
     config = run / "prometheus.yml"
     config.write_text(render_config(values))
     data = run / "prometheus-data"
+    procs.stop(cluster_name, PROMETHEUS)  # a running one must not have its TSDB pulled away
     shutil.rmtree(data, ignore_errors=True)
     proc = procs.start(
         cluster_name,
@@ -202,7 +190,7 @@ def start_prometheus_config(
         ],
     )
     _wait(proc, f"http://{HOST}:{port}/-/ready", timeout_s)
-    log.info("started", extra={"process": PROMETHEUS, "pid": proc.pid, "port": port})
+    log.info("started", extra={"component": PROMETHEUS, "pid": proc.pid, "port": port})
     return proc
 
 
@@ -285,23 +273,17 @@ def up(
     """Start kube-state-metrics, then Prometheus (so its first KSM scrape finds it up)."""
     ksm = start_kube_state_metrics(tb, ksm_port, ksm_telemetry_port)
     sd = sd_dir(tb.name)
-    prom = start_prometheus(tb, prom_port, ksm_port, sd)
+    try:
+        prom = start_prometheus(tb, prom_port, ksm_port, sd)
+    except BaseException:
+        procs.stop(tb.name, KSM)  # no half-started stack left behind
+        raise
     return Monitoring(f"http://{HOST}:{prom_port}", f"http://{HOST}:{ksm_port}", sd, prom, ksm)
 
 
 def down(cluster_name: str = cluster.DEFAULT_NAME) -> list[str]:
     """Stop Prometheus and kube-state-metrics of one cluster; returns the names that ran."""
     return [n for n in (PROMETHEUS, KSM) if procs.stop(cluster_name, n)]
-
-
-def attach(name: str = cluster.DEFAULT_NAME) -> cluster.Testbed:
-    """The running testbed cluster ``name`` (without starting one)."""
-    wd = cluster.workdir()
-    kubeconfig = wd / "clusters" / name / "kubeconfig.yaml"
-    if not kubeconfig.exists():
-        raise MonitoringError(f"no testbed cluster {name!r} ({kubeconfig} missing): make testbed")
-    bin_dir = cluster.CACHE / "testbed" / f"k8s-v{cluster.K8S_VERSION}" / "bin"
-    return cluster.Testbed(name, kubeconfig, bin_dir, wd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,14 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.action == "up":
-            mon = up(attach(args.name), args.prom_port, args.ksm_port, args.ksm_telemetry_port)
+            tb = cluster.attach(args.name)
+            mon = up(tb, args.prom_port, args.ksm_port, args.ksm_telemetry_port)
             print(f"prometheus: {mon.prom_url}")
             print(f"kube-state-metrics: {mon.ksm_url}/metrics")
             print(f"file_sd: {mon.sd_dir}")
         else:
             stopped = down(args.name)
             print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
-    except MonitoringError as exc:
+    except (MonitoringError, cluster.TestbedError, procs.ProcessError) as exc:
         print(f"monitoring: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from ecrl.testbed import cluster
+from ecrl.filesd import write_sd
+from ecrl.testbed import cluster, procs
+from ecrl.testbed import dataplane as dp
 from ecrl.testbed import monitoring as mon
 
 E2E = os.environ.get("ECRL_E2E") == "1"
@@ -46,7 +49,7 @@ def monitoring(testbed: cluster.Testbed) -> Iterator[mon.Monitoring]:
     """
     sd = mon.sd_dir(testbed.name)
     for job in ("triton", "dcgm"):
-        mon.write_sd(sd, job, [])
+        write_sd(sd, job, [])
     try:
         yield mon.up(
             testbed,
@@ -56,3 +59,40 @@ def monitoring(testbed: cluster.Testbed) -> Iterator[mon.Monitoring]:
         )
     finally:
         mon.down(testbed.name)
+
+
+@pytest.fixture(scope="session")
+def dataplane(testbed: cluster.Testbed) -> Iterator[dp.DataPlane]:
+    """The data-plane emulator serving the session testbed's Deployment, on free ports."""
+    plane = dp.start_emulator(
+        testbed,
+        http_port=_free_port(),
+        grpc_port=_free_port(),
+        metrics_port=_free_port(),
+        usage_interval_s=2.0,
+    )
+    try:
+        yield plane
+    finally:
+        procs.stop(testbed.name, "emulator")
+
+
+BASELINE = Path(__file__).resolve().parents[2] / "deploy" / "baseline" / "mobilenetv4-triton.yaml"
+
+
+@pytest.fixture
+def deployment(testbed: cluster.Testbed, dataplane: dp.DataPlane) -> Iterator:
+    """Apply the baseline Deployment without its HPA at N replicas; waits until the emulator
+    serves them, and removes the Deployment (and waits for the emulator to let go) after."""
+
+    def apply(replicas: int) -> None:
+        testbed.kubectl("apply", "-f", str(BASELINE))
+        testbed.kubectl("delete", "hpa", "mobilenetv4-triton", "--ignore-not-found")
+        testbed.kubectl("scale", "deployment", "mobilenetv4-triton", f"--replicas={replicas}")
+        dataplane.wait_pods(replicas, timeout_s=60)
+
+    try:
+        yield apply
+    finally:
+        testbed.kubectl("delete", "deployment", "mobilenetv4-triton", "--ignore-not-found")
+        dataplane.wait_pods(0, timeout_s=60)
