@@ -10,7 +10,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 ECRL_CACHE ?= $(HOME)/.cache/ecrl
 export UV_CACHE_DIR ?= $(HOME)/.cache/uv
 
-.PHONY: help demo test test-unit lint fmt bench train testbed testbed-build testbed-down calibrate clean venv venv-dev
+.PHONY: help demo test test-unit lint fmt bench train testbed testbed-build testbed-down loadtest calibrate clean venv venv-dev
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n",$$1,$$2}'
@@ -65,11 +65,19 @@ testbed-build: ## install etcd/Prometheus (Debian) if missing and build the cont
 	bash deploy/testbed/install-debs.sh
 	ECRL_CACHE=$(ECRL_CACHE) bash deploy/testbed/build.sh >/dev/null
 
-testbed: $(VENV)/.dev-stamp testbed-build ## start the testbed: real Kubernetes 1.33 control plane + kwok GPU nodes on 127.0.0.1
-	ECRL_CACHE=$(ECRL_CACHE) $(PY) -m ecrl.testbed.cluster up
+TESTBED_NAME ?= ecrl
+TESTBED_NODES ?= reference-box
+EMULATOR_TIME_SCALE ?= 4
+testbed: $(VENV)/.dev-stamp testbed-build ## start the testbed: Kubernetes 1.33 control plane, kwok GPU nodes, Prometheus, kube-state-metrics, data-plane emulator (127.0.0.1)
+	ECRL_CACHE=$(ECRL_CACHE) $(PY) -m ecrl.testbed.cluster up --name $(TESTBED_NAME) --nodes $(TESTBED_NODES)
+	ECRL_CACHE=$(ECRL_CACHE) $(PY) -m ecrl.testbed.monitoring up --name $(TESTBED_NAME)
+	ECRL_CACHE=$(ECRL_CACHE) $(PY) -m ecrl.testbed.dataplane up --name $(TESTBED_NAME) --time-scale $(EMULATOR_TIME_SCALE)
 
-testbed-down: ## stop every testbed process and remove its files
-	ECRL_CACHE=$(ECRL_CACHE) $(PY) -m ecrl.testbed.cluster down
+testbed-down: ## stop every testbed process (control plane, Prometheus, kube-state-metrics, emulator) and remove its files
+	ECRL_CACHE=$(ECRL_CACHE) $(PY) -m ecrl.testbed.cluster down --name $(TESTBED_NAME)
+
+loadtest: $(VENV)/.dev-stamp ## run Locust headless against the testbed's emulator (SHAPE=step by default), CSVs under results/loadtest
+	$(PY) -m ecrl.load.locust_run --host http://127.0.0.1:8000 --shape $(or $(SHAPE),step) --out results/loadtest/run
 
 calibrate: $(VENV)/.dev-stamp ## measure MobileNetV4-conv-small on this CPU (torch -> ONNX -> onnxruntime) and write a twin profile
 	$(VENV)/bin/ecrl calibrate local-cpu --out ecrl/profiles/local-cpu-mobilenetv4.yaml

@@ -202,6 +202,7 @@ def down(name: str = DEFAULT_NAME) -> None:
     scraping or writing to an apiserver that is about to disappear.
     """
     procs.stop_all(name)
+    shutil.rmtree(procs.run_dir(name), ignore_errors=True)  # logs, TSDB, file_sd targets
     bin_dir = CACHE / "testbed" / f"k8s-v{K8S_VERSION}" / "bin"
     if not (bin_dir / "kwokctl").exists():
         return
