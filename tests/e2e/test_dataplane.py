@@ -85,3 +85,38 @@ def pod_names(tb: Testbed) -> list[str]:
         for p in json.loads(out)["items"]
         if not p["metadata"].get("deletionTimestamp")
     ]
+
+
+CONTROL_PLANE = {
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok-controller",
+    "etcd",
+    "metrics-server",
+}
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def test_every_testbed_process_listens_on_loopback_only(
+    testbed: Testbed, dataplane, monitoring
+) -> None:
+    import psutil
+
+    ours = {dataplane.proc.pid, monitoring.prometheus.pid, monitoring.ksm.pid}
+    listening: dict[str, set[str]] = {}
+    for c in psutil.net_connections(kind="inet"):
+        if c.status != psutil.CONN_LISTEN or c.pid is None:
+            continue
+        try:
+            name = psutil.Process(c.pid).name()
+        except psutil.NoSuchProcess:
+            continue
+        if c.pid in ours or name in CONTROL_PLANE:
+            listening.setdefault(name if c.pid not in ours else f"{name}[{c.pid}]", set()).add(
+                c.laddr.ip
+            )
+    assert {"kube-apiserver", "etcd", "kwok-controller", "metrics-server"} <= set(listening), listening
+    assert len([n for n in listening if "[" in n]) == 3, listening  # emulator, Prometheus, KSM
+    beyond = {n: ips - LOOPBACK for n, ips in listening.items() if ips - LOOPBACK}
+    assert not beyond, f"listening beyond loopback: {beyond}"
