@@ -10,7 +10,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 ECRL_CACHE ?= $(HOME)/.cache/ecrl
 export UV_CACHE_DIR ?= $(HOME)/.cache/uv
 
-.PHONY: help demo test test-unit lint fmt bench train testbed testbed-build testbed-down loadtest calibrate clean venv venv-dev
+.PHONY: help demo test test-unit lint fmt bench train testbed testbed-build testbed-down loadtest proto proto-lint calibrate clean venv venv-dev
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n",$$1,$$2}'
@@ -40,7 +40,26 @@ lock: | $(UV) ## re-resolve requirements/*.lock from pyproject.toml
 demo: $(VENV)/.base-stamp ## run the default comparison on the embedded twin (all baselines + oracle, N=5) and print the KPI table
 	$(VENV)/bin/ecrl demo --out results/demo
 
-test: $(VENV)/.dev-stamp testbed-build ## lint, then the whole test suite (unit, integration, e2e on the testbed)
+# gRPC/protobuf: proto/ecrl/v1/*.proto → ecrl/v1/*_pb2*.py (built, never committed or edited).
+PROTOS := $(wildcard proto/ecrl/v1/*.proto)
+BUF_VERSION := 1.75.0
+BUF := $(ECRL_CACHE)/buf-$(BUF_VERSION)/node_modules/.bin/buf
+
+ecrl/v1/.stamp: $(PROTOS) $(VENV)/.dev-stamp
+	mkdir -p ecrl/v1 && touch ecrl/v1/__init__.py
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	@touch $@
+
+proto: ecrl/v1/.stamp ## generate the gRPC/protobuf Python code from proto/ (grpcio-tools)
+
+$(BUF):
+	npm install --prefix $(ECRL_CACHE)/buf-$(BUF_VERSION) --no-audit --no-fund --silent @bufbuild/buf@$(BUF_VERSION)
+
+proto-lint: $(BUF) ## buf lint (STANDARD rules) and buf format check of proto/
+	$(BUF) lint
+	$(BUF) format --diff --exit-code proto
+
+test: $(VENV)/.dev-stamp testbed-build proto proto-lint ## lint, then the whole test suite (unit, integration, e2e on the testbed)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	ECRL_E2E=1 ECRL_CACHE=$(ECRL_CACHE) $(PY) -m pytest -q
