@@ -1,4 +1,4 @@
-"""``make bench``: twin speed (vectorized env-steps/s) and the demo's wall time.
+"""``make bench``: twin speed (vectorized env-steps/s), emulator fidelity and the demo's wall time.
 
 Prints percentiles over repeated trials and the ratio to each target, so a regression is a
 number, not a feeling. Figures and the command go into BENCHMARKS.md by hand after a run.
@@ -83,6 +83,14 @@ def bench_decide(n: int = 2000) -> list[float]:
     return out
 
 
+def bench_emulator(seconds: float = 30.0) -> list[dict[str, float]]:
+    """Testbed emulator vs twin: mean server-side latency of one pod at 30/60/80 % load."""
+    from ecrl.emulator.fidelity import compare
+
+    cluster = ClusterSpec()
+    return compare(resolve_profile(cluster.profile), 4.0, (0.3, 0.6, 0.8), seconds)
+
+
 def bench_demo() -> float:
     from ecrl.cli import main
 
@@ -108,6 +116,13 @@ def main() -> None:
     lat = np.asarray(bench_decide())
     p50, p99 = np.percentile(lat, [50, 99])
     print(f"rl policy decide (ONNX, one observation): p50 {p50:,.0f} µs  p99 {p99:,.0f} µs")
+    print("\nemulator vs twin, one pod, time scale 4 (mean server-side latency, Poisson arrivals):")
+    for r in bench_emulator():
+        print(
+            f"  load {r['load']:.0%} ({r['rate_rps']:.1f} req/s, {r['requests']:.0f} requests): "
+            f"emulator {r['emulator_ms']:.0f} ms, twin {r['twin_ms']:.0f} ms  "
+            f"(×{r['ratio']:.2f})"
+        )
     if not args.skip_demo:
         wall = bench_demo()
         print(f"\ndemo wall time: {wall:.1f} s  (×{wall / DEMO_TARGET_S:.2f} of the 300 s budget)")

@@ -22,7 +22,6 @@ is labelled ``emulated="true"``).
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -387,20 +386,68 @@ class EmulatedPod:
 
 
 class _CpuStage:
-    """Processor sharing of the pod's CPU quota among concurrent requests' CPU work."""
+    """Processor sharing of the pod's CPU quota among the requests in their CPU stage.
+
+    Triton's HTTP/gRPC front-ends decode in thread pools larger than the CPU quota, and CFS
+    shares the quota among runnable threads: with n requests in the stage each progresses at
+    ``min(1, free_cores / n)`` core. This is the twin's processor-shared CPU stage, emulated
+    exactly (event-driven: one timer for the next completion, re-planned on every change).
+    """
 
     def __init__(self, pod: EmulatedPod) -> None:
         self.pod = pod
+        self.jobs: dict[int, list] = {}
+        self.last = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._ids = 0
         self.resize()
 
     def resize(self) -> None:
-        free = max(self.pod.cpu_limit_cores - self.pod.profile.server.cpu_idle_cores, 0.05)
-        self.workers = max(1, math.ceil(free - 1e-9))
-        self.speed = free / self.workers
-        self.sem = asyncio.Semaphore(self.workers)
+        self._advance(time.monotonic())
+        self.cores = max(self.pod.cpu_limit_cores - self.pod.profile.server.cpu_idle_cores, 0.05)
+        if self.jobs:
+            self._plan()
+
+    def _rate(self) -> float:
+        return min(1.0, self.cores / max(len(self.jobs), 1))
+
+    def _advance(self, now: float) -> None:
+        if self.jobs:
+            done = self._rate() * (now - self.last)
+            for job in self.jobs.values():
+                job[0] -= done
+        self.last = now
+
+    def _plan(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.jobs:
+            left = min(job[0] for job in self.jobs.values())
+            delay = max(left, 0.0) / self._rate()
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._advance(time.monotonic())
+        for key in [k for k, job in self.jobs.items() if job[0] <= 1e-9]:
+            fut = self.jobs.pop(key)[1]
+            if not fut.done():
+                fut.set_result(None)
+        self._plan()
 
     async def run(self, cpu_seconds: float) -> None:
-        sem = self.sem
-        async with sem:
-            await asyncio.sleep(cpu_seconds / self.speed)
-            self.pod.cpu_seconds += cpu_seconds
+        loop = asyncio.get_running_loop()
+        self._advance(time.monotonic())
+        self._ids += 1
+        key = self._ids
+        fut = loop.create_future()
+        self.jobs[key] = [cpu_seconds, fut]
+        self._plan()
+        try:
+            await fut
+        finally:
+            if self.jobs.pop(key, None) is not None:  # cancelled mid-way: others speed up
+                self._advance(time.monotonic())
+                self._plan()
+        self.pod.cpu_seconds += cpu_seconds

@@ -155,3 +155,24 @@ def test_no_pod_means_unavailable_not_a_crash() -> None:
     with pytest.raises(InferError, match="no ready endpoints"):
         f.route()
     assert not f.ready()
+
+
+def test_cpu_stage_is_processor_shared() -> None:
+    """Two requests arriving together on one free core both finish at 2×S (not S and 2S)."""
+
+    async def go() -> list[float]:
+        f = fleet(time_scale=10.0, cpu=1.0 + PROFILE.server.cpu_idle_cores)
+        stage = f.pods["p0"]._cpu
+        work = PROFILE.server.cpu_s_per_request * 10
+        t0 = time.monotonic()
+        ends: list[float] = []
+
+        async def one() -> None:
+            await stage.run(work)
+            ends.append(time.monotonic() - t0)
+
+        await asyncio.gather(one(), one())
+        return [e / work for e in ends]
+
+    ends = asyncio.run(go())
+    assert ends == pytest.approx([2.0, 2.0], abs=0.1)
