@@ -116,7 +116,9 @@ def test_every_testbed_process_listens_on_loopback_only(
             listening.setdefault(name if c.pid not in ours else f"{name}[{c.pid}]", set()).add(
                 c.laddr.ip
             )
-    assert {"kube-apiserver", "etcd", "kwok-controller", "metrics-server"} <= set(listening), listening
+    assert {"kube-apiserver", "etcd", "kwok-controller", "metrics-server"} <= set(listening), (
+        listening
+    )
     assert len([n for n in listening if "[" in n]) == 3, listening  # emulator, Prometheus, KSM
     beyond = {n: ips - LOOPBACK for n, ips in listening.items() if ips - LOOPBACK}
     assert not beyond, f"listening beyond loopback: {beyond}"
