@@ -1,0 +1,255 @@
+"""The transport-free core of the policy server: validate, decide, score, describe.
+
+kserve's ``DataPlane`` split: plain data in, plain data out, :class:`InvalidRequest` for
+anything a caller got wrong (the gRPC shell maps it to INVALID_ARGUMENT in one place). Every
+request reads the model snapshot once (:mod:`.model_store`), so a reload in the middle of a
+request changes nothing for it. Every fallback is explicit, counted and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import fields
+
+import numpy as np
+
+from ecrl.actions import HEADS, NVEC, OFFSETS
+from ecrl.errors import InvalidRequest
+from ecrl.placement import (
+    NODE_SCHEMA_VERSION,
+    KubeDefaultScorer,
+    NodeState,
+    PodRequest,
+    check_nodes,
+    extender_priorities,
+)
+from ecrl.policy_model import MASK_DIM
+from ecrl.schema import FEATURE_NAMES, SCHEMA_HASH, SCHEMA_VERSION, STATE_BOUND, STATE_DIM
+
+from .heuristic import heuristic_action
+from .metrics import ServerMetrics
+from .model_store import ModelStore
+from .results import Decision, Fallback, NodeScores, PolicyInfo, StateInput
+
+log = logging.getLogger("ecrl.policy_server")
+
+HEURISTIC_VERSION = "heuristic"
+KUBE_DEFAULT_VERSION = "kube-default"
+MAX_NODES = 5000
+"""kube-scheduler's documented scale limit (5,000 nodes per cluster): more is not a request."""
+MAX_CORES = 1e6
+MAX_BYTES = 2.0**60
+"""Bounds far beyond any node (a million cores, an exbibyte) that keep the arithmetic finite."""
+HEURISTIC_DECISION_S = 0.0001
+"""The heuristic's cost is a few dictionary reads: 0.1 ms is a generous upper bound."""
+_DEFAULT_SCORER = KubeDefaultScorer()
+
+
+def validate_state(state: StateInput) -> np.ndarray:
+    """The values as float32 ``[STATE_DIM]``, or InvalidRequest naming the field."""
+    if state.schema_hash != SCHEMA_HASH:
+        raise InvalidRequest(
+            f"state.schema_hash: expected {SCHEMA_HASH} ({SCHEMA_VERSION}), got "
+            f"{state.schema_hash[:64]!r}; encode the state with the matching ecrl.schema"
+        )
+    if state.schema_version and state.schema_version != SCHEMA_VERSION:
+        raise InvalidRequest(
+            f"state.schema_version: expected {SCHEMA_VERSION!r}, got {state.schema_version[:64]!r}"
+        )
+    if len(state.values) != STATE_DIM:
+        raise InvalidRequest(
+            f"state.values: length {len(state.values)}, expected {STATE_DIM} ({SCHEMA_VERSION})"
+        )
+    x = np.asarray(state.values, dtype=np.float32)
+    bad = np.flatnonzero(~(np.abs(x) <= STATE_BOUND))  # catches NaN, ±inf and huge values
+    if bad.size:
+        i = int(bad[0])
+        raise InvalidRequest(
+            f"state.values[{i}] ({FEATURE_NAMES[i]}): {float(x[i])!r} is not finite or outside "
+            f"±{STATE_BOUND:g} ({bad.size} such values); a missing input is 0 with its *_missing "
+            "flag set (ecrl.schema.encode)"
+        )
+    return x
+
+
+def validate_mask(mask: Sequence[bool]) -> np.ndarray:
+    """The mask as bool ``[MASK_DIM]`` (empty = all allowed); every head needs a step."""
+    if len(mask) == 0:
+        return np.ones(MASK_DIM, dtype=bool)
+    if len(mask) != MASK_DIM:
+        sizes = "+".join(str(n) for n in NVEC)
+        raise InvalidRequest(
+            f"action_mask: length {len(mask)}, expected {MASK_DIM} ({sizes}, the heads "
+            f"{[h.name for h in HEADS]}) or 0 for all allowed"
+        )
+    m = np.asarray(mask, dtype=bool)
+    for head, offset, width in zip(HEADS, OFFSETS, NVEC, strict=True):
+        if not m[offset : offset + width].any():
+            raise InvalidRequest(
+                f"action_mask: head {head.name!r} (entries {offset}..{offset + width - 1}) "
+                "allows no step; the envelope always allows at least the no-op"
+            )
+    return m
+
+
+def _check_bounded(where: str, name: str, value: float, upper: float) -> None:
+    if not (math.isfinite(value) and 0 <= value <= upper):
+        raise InvalidRequest(f"{where}.{name}: must be in [0, {upper:g}], got {value!r}")
+
+
+_UPPER = {
+    "gpu_speed": 1e3,
+    "gpu_util_ratio": 1e3,
+    "vram_free_ratio": 1e3,
+    "cpu_allocatable_cores": MAX_CORES,
+    "cpu_requested_cores": MAX_CORES,
+    "memory_allocatable_bytes": MAX_BYTES,
+    "memory_requested_bytes": MAX_BYTES,
+}
+"""Upper bounds of the float fields (ratios may exceed 1 only through measurement noise)."""
+
+
+def validate_nodes(node_schema_version: str, nodes: Sequence[NodeState], pod: PodRequest) -> None:
+    """Refuse node lists no cluster produces (InvalidRequest names the node and field)."""
+    if node_schema_version != NODE_SCHEMA_VERSION:
+        raise InvalidRequest(
+            f"node_schema_version: expected {NODE_SCHEMA_VERSION!r}, "
+            f"got {node_schema_version[:64]!r}"
+        )
+    if len(nodes) > MAX_NODES:
+        raise InvalidRequest(f"nodes: {len(nodes)} candidates, at most {MAX_NODES}")
+    _check_bounded("pod", "cpu_cores", pod.cpu_cores, MAX_CORES)
+    _check_bounded("pod", "memory_bytes", pod.memory_bytes, MAX_BYTES)
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        if not node.name:
+            raise InvalidRequest(f"nodes[{i}].name: must not be empty")
+        if node.name in seen:
+            raise InvalidRequest(f"nodes[{i}].name: {node.name[:64]!r} appears twice")
+        seen.add(node.name)
+        where = f"nodes[{node.name[:64]}]"
+        if node.gpu_count < 0:
+            raise InvalidRequest(f"{where}.gpu_count: must be >= 0, got {node.gpu_count}")
+        for f in fields(NodeState):
+            value = getattr(node, f.name)
+            if f.name in _UPPER and value is not None:
+                _check_bounded(where, f.name, value, _UPPER[f.name])
+    check_nodes(nodes, pod)  # the library's own rules (positive allocatable, counts >= 0)
+
+
+class PolicyCore:
+    """Decide, score and describe over a :class:`ModelStore` (no gRPC here)."""
+
+    def __init__(self, store: ModelStore, metrics: ServerMetrics, deadline_margin_s: float):
+        self.store = store
+        self.metrics = metrics
+        self.deadline_margin_s = deadline_margin_s
+
+    # ----------------------------------------------------------------------- deadlines
+    def expected_decide_s(self) -> float:
+        """Time a Decide needs in the server: the model's measured call time plus margin."""
+        snap = self.store.policy.current
+        cost = snap.decision_s if snap.model is not None else HEURISTIC_DECISION_S
+        return cost + self.deadline_margin_s
+
+    def expected_score_s(self) -> float:
+        """Time a ScoreNodes needs for a typical node list."""
+        snap = self.store.scorer.current
+        return (snap.decision_s if snap.model is not None else 0.0) + self.deadline_margin_s
+
+    # ------------------------------------------------------------------------- decide
+    def decide(self, state: StateInput, mask: Sequence[bool]) -> Decision:
+        """The learned policy's greedy action, or the HPA heuristic when none is loaded."""
+        x = validate_state(state)
+        m = validate_mask(mask)
+        snap = self.store.policy.current  # one read: a reload cannot change it under us
+        if snap.model is None:
+            return self._heuristic(x, m, snap.fallback)
+        try:
+            raw = snap.model.decide_raw(x[None, :], m[None, :])
+            action = tuple(int(a) for a in np.asarray(raw.action)[0])
+            value = float(np.asarray(raw.value).reshape(-1)[0])
+            allowed = all(
+                0 <= a < n and m[o + a] for a, n, o in zip(action, NVEC, OFFSETS, strict=True)
+            )
+            if not (allowed and math.isfinite(value)):
+                raise ValueError(f"action {action} outside the mask or value {value}")
+        except InvalidRequest:
+            raise
+        except Exception as exc:  # a broken graph must not fail the caller: heuristic answers
+            log.error(
+                "policy failed on a request; heuristic answered",
+                extra={"version": snap.version, "err": str(exc)},
+            )
+            return self._heuristic(x, m, Fallback.MODEL_ERROR)
+        return Decision(action, value, snap.version, Fallback.NONE)
+
+    def _heuristic(self, x: np.ndarray, m: np.ndarray, reason: Fallback) -> Decision:
+        self.metrics.fallback_decisions.labels("Decide", reason.value).inc()
+        return Decision(heuristic_action(x, m), 0.0, HEURISTIC_VERSION, reason)
+
+    # -------------------------------------------------------------------------- score
+    def score_nodes(
+        self, node_schema_version: str, nodes: Sequence[NodeState], pod: PodRequest
+    ) -> NodeScores:
+        """Learned node scores scaled to 0–10, or the default scheduler's when no scorer."""
+        validate_nodes(node_schema_version, nodes, pod)
+        snap = self.store.scorer.current
+        names = tuple(n.name for n in nodes)
+        if snap.model is not None:
+            try:
+                scores = np.asarray(snap.model.score(nodes, pod), dtype=float)
+                if scores.shape != (len(nodes),) or not np.isfinite(scores).all():
+                    raise ValueError(f"scores {scores.tolist()[:8]} of shape {scores.shape}")
+                return NodeScores(
+                    names,
+                    tuple(float(s) for s in scores),
+                    tuple(extender_priorities(scores)),
+                    snap.version,
+                    Fallback.NONE,
+                )
+            except InvalidRequest:
+                raise
+            except Exception as exc:
+                log.error("scorer failed; kube-default answered", extra={"err": str(exc)})
+                return self._default_scores(names, nodes, pod, Fallback.MODEL_ERROR)
+        return self._default_scores(names, nodes, pod, snap.fallback)
+
+    def _default_scores(
+        self,
+        names: tuple[str, ...],
+        nodes: Sequence[NodeState],
+        pod: PodRequest,
+        reason: Fallback,
+    ) -> NodeScores:
+        self.metrics.fallback_decisions.labels("ScoreNodes", reason.value).inc()
+        scores = _DEFAULT_SCORER.score(nodes, pod)
+        return NodeScores(
+            names,
+            tuple(float(s) for s in scores),
+            tuple(extender_priorities(scores)),
+            KUBE_DEFAULT_VERSION,
+            reason,
+        )
+
+    # ----------------------------------------------------------------------- describe
+    def info(self) -> PolicyInfo:
+        """Versions, paths, fallback state and the action space."""
+        policy, scorer = self.store.policy.current, self.store.scorer.current
+        detail = policy.detail
+        if scorer.detail and self.store.scorer.path is not None:  # configured but unhealthy
+            detail = f"{detail}; scorer: {scorer.detail}" if detail else f"scorer: {scorer.detail}"
+        return PolicyInfo(
+            schema_version=SCHEMA_VERSION,
+            schema_hash=SCHEMA_HASH,
+            policy_version=policy.version,
+            policy_path=policy.path,
+            fallback=policy.fallback,
+            fallback_detail=detail,
+            node_schema_version=NODE_SCHEMA_VERSION,
+            scorer_version=scorer.version or KUBE_DEFAULT_VERSION,
+            heads=tuple(h.name for h in HEADS),
+            head_sizes=tuple(NVEC),
+        )
