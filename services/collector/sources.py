@@ -1,0 +1,194 @@
+"""Thin I/O shells: Prometheus (through prometheus-api-client) and Triton's model config.
+
+Both have bounded timeouts and no retries inside a tick (the next tick is the retry); a failure
+becomes a missing input, counted by the caller, never an exception in the tick loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from prometheus_api_client import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from ecrl.errors import Temporary
+
+from .observation import Batching, Sample
+from .queries import Query
+
+log = logging.getLogger("ecrl.collector.sources")
+
+
+class SourceError(Temporary):
+    """A source did not answer usefully this tick (unreachable, error status, bad body)."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One tick's query results (name → series) and the error of each query that failed."""
+
+    results: dict[str, list[Sample]]
+    errors: dict[str, str]
+
+
+def _key(labels: Mapping[str, str], by: Sequence[str]) -> tuple[str, ...]:
+    return tuple(labels.get(b, "") for b in by)
+
+
+def _number(raw: Any) -> float:
+    """Prometheus' sample value string ("1.5", "NaN", "+Inf") as a float."""
+    return float(raw)
+
+
+def join(query: Query, values: list[dict], times: list[dict] | None) -> list[Sample]:
+    """Value series joined with their sample times by the query's ``by`` labels.
+
+    A range selector (``times`` None) returns raw points: one :class:`Sample` per point, each
+    with its own timestamp.
+    """
+    if times is None:
+        return [
+            Sample(row["metric"], _number(v), float(ts))
+            for row in values
+            for ts, v in row.get("values", ())
+        ]
+    stamps = {_key(row["metric"], query.by): _number(row["value"][1]) for row in times}
+    out = []
+    for row in values:
+        ts = stamps.get(_key(row["metric"], query.by))
+        out.append(
+            Sample(
+                row["metric"],
+                _number(row["value"][1]),
+                ts if ts is not None and math.isfinite(ts) else None,
+            )
+        )
+    return out
+
+
+class PrometheusSource:
+    """Runs the queries of one tick at one evaluation time, a few at once."""
+
+    def __init__(self, url: str, timeout_s: float, workers: int = 4) -> None:
+        from prometheus_api_client import PrometheusConnect
+
+        # no retries: a slow or dead Prometheus must not stretch the tick past its period
+        self.client = PrometheusConnect(url, retry=Retry(total=0), timeout=timeout_s)
+        self.timeout_s = timeout_s
+        self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="promql")
+
+    def _query(self, promql: str, eval_time_s: float) -> list[dict]:
+        params = {"time": f"{eval_time_s:.3f}", "timeout": f"{self.timeout_s:g}s"}
+        try:
+            return self.client.custom_query(promql, params=params)
+        except PrometheusApiClientException as exc:
+            raise SourceError(f"Prometheus refused the query: {str(exc)[:300]}") from exc
+        except requests.RequestException as exc:
+            raise SourceError(f"Prometheus unreachable: {type(exc).__name__}") from exc
+        except (ValueError, KeyError) as exc:
+            raise SourceError(f"Prometheus answer unreadable: {exc}") from exc
+
+    def _one(self, query: Query, eval_time_s: float) -> list[Sample]:
+        values = self._query(query.promql, eval_time_s)
+        times = None if query.freshness is None else self._query(query.freshness, eval_time_s)
+        try:
+            return join(query, values, times)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise SourceError(f"unexpected result shape: {exc}") from exc
+
+    def fetch(self, queries: Sequence[Query], eval_time_s: float) -> Fetched:
+        """Every query evaluated at ``eval_time_s`` (one consistent snapshot)."""
+        jobs = {q.name: self._pool.submit(self._one, q, eval_time_s) for q in queries}
+        results: dict[str, list[Sample]] = {}
+        errors: dict[str, str] = {}
+        for name, job in jobs.items():
+            try:
+                results[name] = job.result()
+            except SourceError as exc:
+                errors[name] = str(exc)
+        return Fetched(results, errors)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+
+# ------------------------------------------------------------------------------ Triton
+def _int(value: Any, name: str) -> int:
+    """An integer field; protobuf's JSON mapping writes 64-bit integers as strings."""
+    if isinstance(value, bool):
+        raise SourceError(f"model config: {name} is not an integer: {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise SourceError(f"model config: {name} is not an integer: {value!r}") from None
+
+
+def parse_model_config(config: Any) -> Batching:
+    """Triton's model configuration (JSON) → the batching settings the state encodes.
+
+    ``max_batch_size`` and ``instance_group`` must be present (Triton fills both in the config
+    it serves). Without ``dynamic_batching`` Triton runs no dynamic batcher, so no request is
+    held back: the delay is 0 by the config's own meaning. Instances: ``count`` per group,
+    times the listed GPUs of a KIND_GPU group (Triton places ``count`` on each).
+    """
+    if not isinstance(config, dict):
+        raise SourceError("model config: not a JSON object")
+    if "max_batch_size" not in config:
+        raise SourceError("model config: no max_batch_size")
+    max_batch = _int(config["max_batch_size"], "max_batch_size")
+    batching = config.get("dynamic_batching")
+    if batching is None:
+        delay_us = 0
+    elif isinstance(batching, dict):
+        delay_us = _int(batching.get("max_queue_delay_microseconds", 0), "max_queue_delay")
+    else:
+        raise SourceError("model config: dynamic_batching is not an object")
+    groups = config.get("instance_group")
+    if not isinstance(groups, list) or not groups:
+        raise SourceError("model config: no instance_group")
+    instances = 0
+    for i, g in enumerate(groups):
+        if not isinstance(g, dict):
+            raise SourceError(f"model config: instance_group[{i}] is not an object")
+        count = _int(g.get("count", 1), f"instance_group[{i}].count")
+        gpus = g.get("gpus") or []
+        instances += count * (len(gpus) if g.get("kind") == "KIND_GPU" and gpus else 1)
+    if max_batch < 0 or delay_us < 0 or instances < 1:
+        raise SourceError(
+            f"model config: implausible values (max_batch_size={max_batch}, "
+            f"max_queue_delay_microseconds={delay_us}, instances={instances})"
+        )
+    return Batching(max_batch, delay_us / 1e6, instances)
+
+
+class TritonSource:
+    """Reads ``GET <triton>/v2/models/<model>/config`` (KServe v2 model configuration)."""
+
+    def __init__(self, url: str, model: str, timeout_s: float) -> None:
+        self.url = f"{url.rstrip('/')}/v2/models/{model}/config"
+        self.timeout_s = timeout_s
+
+    def read(self) -> Batching:
+        try:
+            with urllib.request.urlopen(self.url, timeout=self.timeout_s) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise SourceError(f"Triton model config: HTTP {exc.code} from {self.url}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise SourceError(f"Triton unreachable at {self.url}: {exc}") from exc
+        try:
+            config = json.loads(body)
+        except ValueError as exc:
+            raise SourceError(f"Triton model config: not JSON ({exc})") from exc
+        return parse_model_config(config)
