@@ -9,6 +9,7 @@ also carries ``emulated="true"`` so no dashboard can mistake it for hardware.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from ecrl import serving
@@ -52,6 +53,8 @@ def _escape(v: str) -> str:
 
 
 def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("+Inf" if x > 0 else "-Inf")
     return repr(float(x)) if x != int(x) else f"{int(x)}"
 
 
@@ -75,7 +78,30 @@ def triton_pod(pod: EmulatedPod) -> str:
         ("nv_cpu_utilization", {}, pod.cpu_usage_cores / max(pod.cpu_limit_cores, 1e-9)),
         ("nv_cpu_memory_used_bytes", {}, pod.memory_used_bytes()),
     ]
-    return _render(rows, {k: v for k, v in TRITON_HELP.items()})
+    out = _render(rows, {k: v for k, v in TRITON_HELP.items()})
+    return out + _summary(
+        "nv_inference_request_summary_us",
+        "Summary of inference request duration in microseconds",
+        mv,
+        pod.latency_quantiles_us(SUMMARY_QUANTILES),
+        pod.request_us,
+        pod.success,
+    )
+
+
+SUMMARY_QUANTILES = (0.5, 0.9, 0.95, 0.99)
+"""Triton's default ``summary_quantiles`` (``--metrics-config summary_latencies=true``)."""
+
+
+def _summary(
+    name: str, text: str, labels: dict[str, str], values: list[float], total: float, count: int
+) -> str:
+    lines = [f"# HELP {name} {text}", f"# TYPE {name} summary"]
+    for q, v in zip(SUMMARY_QUANTILES, values, strict=True):
+        lines.append(f"{name}{_labels({**labels, 'quantile': str(q)})} {_fmt(v)}")
+    lines.append(f"{name}_sum{_labels(labels)} {_fmt(round(total))}")
+    lines.append(f"{name}_count{_labels(labels)} {count}")
+    return "\n".join(lines) + "\n"
 
 
 def dcgm_node(fleet: Fleet, node: str) -> str:

@@ -22,9 +22,12 @@ is labelled ``emulated="true"``).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from ecrl.twin.profile import Profile
 
@@ -172,6 +175,8 @@ class InferTiming:
     batch: int
 
 
+SUMMARY_MAX_AGE_S = 60.0
+"""Sliding window of Triton's latency summaries (prometheus-cpp's default Summary max_age)."""
 WINDOW_S = 5.0
 """Usage (CPU cores, GPU busy share) is averaged over this sliding window."""
 
@@ -219,6 +224,8 @@ class EmulatedPod:
         self.compute_output_us = 0.0
         self.cpu_seconds = 0.0
         self.gpu_seconds = 0.0
+        self._latencies: deque[tuple[float, float]] = deque()
+        """(completion time, request µs) of successes within :data:`SUMMARY_MAX_AGE_S`."""
         self._usage: deque[tuple[float, float, float]] = deque()
         self.cpu_usage_cores = profile.server.cpu_idle_cores
         self.gpu_busy_ratio = 0.0
@@ -286,6 +293,7 @@ class EmulatedPod:
             self.success += 1
             self.inference_count += images
             self.request_us += total * 1e6
+            self._latencies.append((t0 + total, total * 1e6))
             self.queue_us += queue_s * 1e6
             self.compute_infer_us += compute_s * 1e6
             return InferTiming(queue_s, compute_s, total, batch)
@@ -360,6 +368,16 @@ class EmulatedPod:
     def pending(self) -> int:
         """Requests waiting in the scheduler queue (``nv_inference_pending_request_count``)."""
         return len(self._queue)
+
+    def latency_quantiles_us(self, quantiles: tuple[float, ...]) -> list[float]:
+        """Request-duration quantiles over the last :data:`SUMMARY_MAX_AGE_S` (NaN if none)."""
+        horizon = time.monotonic() - SUMMARY_MAX_AGE_S
+        while self._latencies and self._latencies[0][0] < horizon:
+            self._latencies.popleft()
+        if not self._latencies:
+            return [math.nan] * len(quantiles)
+        values = np.fromiter((v for _, v in self._latencies), float, len(self._latencies))
+        return [float(q) for q in np.quantile(values, quantiles)]
 
     def memory_used_bytes(self) -> int:
         s = self.profile.server

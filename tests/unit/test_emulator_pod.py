@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import statistics
 import time
 
@@ -176,3 +177,30 @@ def test_cpu_stage_is_processor_shared() -> None:
 
     ends = asyncio.run(go())
     assert ends == pytest.approx([2.0, 2.0], abs=0.1)
+
+
+def test_latency_summary_quantiles_like_tritons_summary() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ecrl.emulator import exposition
+
+    async def go() -> str:
+        f = fleet(time_scale=1.0, cpu=16.0)
+        pod = f.pods["p0"]
+        before = exposition.triton_pod(pod)
+        await asyncio.gather(*(pod.infer(1) for _ in range(20)))
+        return before + "\n" + exposition.triton_pod(pod)
+
+    before, _, after = asyncio.run(go()).partition("\n\n")
+
+    def quantiles(text: str) -> dict[str, float]:
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        fam = fams["nv_inference_request_summary_us"]
+        return {s.labels.get("quantile", s.name): s.value for s in fam.samples}
+
+    empty = quantiles(before)
+    assert all(math.isnan(v) for k, v in empty.items() if k.startswith("0."))  # none yet
+    q = quantiles(after)
+    assert q["nv_inference_request_summary_us_count"] == 20
+    assert 0 < q["0.5"] <= q["0.95"] <= q["0.99"]
+    assert q["0.5"] > PROFILE.server.cpu_s_per_request * 1e6  # at least the CPU stage, in µs
