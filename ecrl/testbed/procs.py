@@ -91,7 +91,16 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Exited but not reaped: its parent (or a PID 1 that does not reap) still lists it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(") ", 1)[-1].startswith("Z")
 
 
 def wait_http(proc: Proc, url: str, timeout_s: float, ok: Callable[[bytes], bool] | None = None):
