@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ecrl.cli_common import install, missing_extra
@@ -84,6 +85,43 @@ def _add_experiment_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default: %(default)s)")
     p.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--backend",
+        choices=("twin", "testbed"),
+        default="twin",
+        help="twin (embedded, default) or testbed (a running `make testbed`, real time)",
+    )
+    p.add_argument("--testbed", default="ecrl", help="testbed cluster name (--backend testbed)")
+
+
+def _run_testbed(args: argparse.Namespace, cfg: ExperimentConfig, shapes, cluster):
+    """The same comparison on the running testbed (real time: Locust against the emulator)."""
+    from ecrl.experiment.testbed_backend import (
+        TESTBED_MODES,
+        TestbedEndpoints,
+        check_modes,
+        run_experiment_testbed,
+    )
+    from ecrl.testbed.cluster import TestbedError, attach
+    from ecrl.testbed.dataplane import DEFAULT_TIME_SCALE
+
+    if args.modes == DEFAULT_MODES:
+        cfg = replace(cfg, modes=TESTBED_MODES)
+    check_modes(cfg.modes)
+    try:
+        tb = attach(args.testbed)
+    except TestbedError as exc:
+        raise ConfigError("command line", "--testbed", str(exc)) from None
+    kpis, series = run_experiment_testbed(
+        cfg,
+        shapes,
+        tb,
+        TestbedEndpoints(emulator_time_scale=DEFAULT_TIME_SCALE),
+        Path(args.out),
+        cluster.slo_p95_s,
+        progress=not args.no_progress,
+    )
+    return cfg, kpis, series
 
 
 def _run_comparison(args: argparse.Namespace) -> int:
@@ -102,14 +140,26 @@ def _run_comparison(args: argparse.Namespace) -> int:
     from ecrl.experiment.stats import summarize
 
     t0 = time.perf_counter()
-    kpis, series = run_experiment(
-        cfg, cluster, profile, shapes=shapes, progress=not args.no_progress
-    )
+    slo_p95_s = cluster.slo_p95_s
+    if args.backend == "testbed":
+        from ecrl.testbed.dataplane import DEFAULT_TIME_SCALE
+
+        cfg, kpis, series = _run_testbed(args, cfg, shapes, cluster)
+        slo_p95_s *= DEFAULT_TIME_SCALE  # emulated service times are this much longer
+        backend = (
+            "testbed (real Kubernetes 1.33 control plane and HPA, kwok GPU nodes, emulated "
+            "Triton data plane from the twin's profile, real Locust; runs are not seeded)"
+        )
+    else:
+        kpis, series = run_experiment(
+            cfg, cluster, profile, shapes=shapes, progress=not args.no_progress
+        )
+        backend = "twin (embedded digital twin; emulated, not hardware)"
     wall_s = time.perf_counter() - t0
     baseline = BASELINE_MODE if BASELINE_MODE in cfg.modes else cfg.modes[0]
     oracle = ORACLE_MODE if ORACLE_MODE in cfg.modes else None
     meta = {
-        "backend": "twin (embedded digital twin; emulated, not hardware)",
+        "backend": backend,
         "modes": list(cfg.modes),
         "profiles": list(cfg.shapes),
         "repeats": cfg.repeats,
@@ -118,7 +168,7 @@ def _run_comparison(args: argparse.Namespace) -> int:
         "config_hash": cfg.config_hash(cluster, profile),
         "twin_profile": profile.name,
         "cluster": cluster.name,
-        "slo_p95_s": cluster.slo_p95_s,
+        "slo_p95_s": slo_p95_s,
         "baseline_mode": baseline,
         "oracle_mode": oracle,
         "rl_mode": RL_MODE if RL_MODE in cfg.modes else None,

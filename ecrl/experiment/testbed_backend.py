@@ -1,0 +1,322 @@
+"""The comparison on the testbed: real Locust against the emulated data plane, the real control
+plane deciding, and the same per-second series and KPIs as the twin backend.
+
+One run: reset the Deployment (and the mode's autoscaler) to one replica, drive it with Locust
+along the shape, then rebuild the per-second series from what was measured — latency,
+throughput and failures from Locust's per-request log (the client's view, as on the real
+box), replicas, utilization and resources from the real Prometheus (kube-state-metrics, kwok's
+kubelet resource metrics, the emulator's DCGM series), batching from Triton's config API
+sampled during the run. Nothing is filled in: a second without a sample stays NaN.
+
+Modes: ``hpa-cpu`` — the baseline: the real HPA (autoscaling/v2, CPU 80 %, upstream
+behavior) from ``deploy/baseline/``. ``static`` — the Deployment alone at one replica.
+The learned mode needs the actuator service and is not wired here yet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from ecrl.errors import ConfigError
+from ecrl.experiment.kpis import SERIES_COLUMNS, compute_kpis
+from ecrl.experiment.runner import ExperimentConfig, RunResult, run_seed
+from ecrl.load.shapes import LoadShape
+from ecrl.testbed.cluster import Testbed
+
+MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "baseline" / "mobilenetv4-triton.yaml"
+DEPLOYMENT = "mobilenetv4-triton"
+POD_RE = f"{DEPLOYMENT}-.*"
+TESTBED_MODES = ("hpa-cpu", "static")
+HIST_EDGES_S = np.concatenate([[0.0], np.geomspace(0.001, 120.0, 360)])
+"""The twin's latency histogram edges (``ecrl.twin.twin.DEFAULT_HIST_EDGES_S``)."""
+
+
+@dataclass(frozen=True)
+class TestbedEndpoints:
+    """Where the running testbed answers (``make testbed`` defaults)."""
+
+    __test__ = False
+
+    prom_url: str = "http://127.0.0.1:9090"
+    triton_http: str = "http://127.0.0.1:8000"
+    triton_grpc: str = "127.0.0.1:8001"
+    metrics_url: str = "http://127.0.0.1:8002"
+    namespace: str = "default"
+    emulator_time_scale: float = 4.0
+    """The emulator's ``--time-scale``: service times, and so the SLO, are this much longer."""
+
+    def slo(self, slo_p95_s: float) -> float:
+        """The cluster's SLO in emulated time (a p95 that meets it on the box meets this)."""
+        return slo_p95_s * self.emulator_time_scale
+
+
+def check_modes(modes: tuple[str, ...]) -> None:
+    bad = [m for m in modes if m not in TESTBED_MODES]
+    if bad:
+        raise ConfigError(
+            "command line",
+            "--modes",
+            f"{', '.join(bad)} not available on the testbed backend yet "
+            f"(available: {', '.join(TESTBED_MODES)}; rl needs the actuator service)",
+        )
+
+
+# ------------------------------------------------------------------------ cluster control
+def _serving(ep: TestbedEndpoints) -> int:
+    with urllib.request.urlopen(ep.metrics_url + "/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("ecrl_emulator_pods "):
+                return round(float(line.split()[1]))
+    raise RuntimeError("the emulator's /metrics has no ecrl_emulator_pods")
+
+
+def _wait(cond, what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def reset(tb: Testbed, ep: TestbedEndpoints, mode: str) -> None:
+    """Remove the Deployment and its HPA, then apply the mode's manifests at one replica."""
+    tb.kubectl(
+        "delete", "deployment,hpa", DEPLOYMENT, "-n", ep.namespace, "--ignore-not-found", "--wait"
+    )
+    _wait(lambda: _serving(ep) == 0, "emulator serving 0 pods", 120)
+    tb.kubectl("apply", "-n", ep.namespace, "-f", str(MANIFEST))
+    if mode == "static":
+        tb.kubectl("delete", "hpa", DEPLOYMENT, "-n", ep.namespace, "--ignore-not-found")
+    _wait(lambda: _serving(ep) == 1, "emulator serving the first pod", 120)
+
+
+class ConfigSampler:
+    """Samples Triton's model config once a second during a run (batching, instances)."""
+
+    def __init__(self, triton_http: str) -> None:
+        self.url = f"{triton_http}/v2/models/mobilenetv4/config"
+        self.samples: list[tuple[float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as resp:
+                    cfg = json.loads(resp.read())
+                inst = sum(int(g.get("count", 1)) for g in cfg.get("instance_group", []))
+                self.samples.append((time.time(), float(cfg["max_batch_size"]), float(inst)))
+            except (OSError, ValueError, KeyError):
+                pass  # a missing sample stays NaN in the series
+            self._stop.wait(1.0)
+
+    def __enter__(self) -> ConfigSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+# ------------------------------------------------------------------------ series
+def _range(prom_url: str, promql: str, start: float, end: float) -> pd.Series:
+    """A Prometheus range query at 1 s steps as a Series indexed by whole seconds."""
+    q = urllib.parse.urlencode({"query": promql, "start": start, "end": end, "step": "1s"})
+    with urllib.request.urlopen(f"{prom_url}/api/v1/query_range?{q}", timeout=30) as resp:
+        body = json.loads(resp.read())
+    if body.get("status") != "success":
+        raise RuntimeError(f"range query {promql!r}: {body.get('error', body)}")
+    result = body["data"]["result"]
+    if not result:
+        return pd.Series(dtype=float)
+    vals = result[0]["values"]
+    return pd.Series(
+        [float(v) for _, v in vals], index=[round(float(t) - start) for t, _ in vals], dtype=float
+    )
+
+
+def cluster_queries(ns: str) -> dict[str, str]:
+    """Per-second cluster columns of the series and the PromQL that reads each."""
+    dep = f'namespace="{ns}",deployment="{DEPLOYMENT}"'
+    pods = f'namespace="{ns}",pod=~"{POD_RE}"'
+    return {
+        "replicas_desired": f"max(kube_deployment_spec_replicas{{{dep}}})",
+        "replicas_ready": f"max(kube_deployment_status_replicas_ready{{{dep}}})",
+        "replicas_pending": f'sum(kube_pod_status_phase{{{pods},phase="Pending"}})',
+        # pods holding a time-sliced GPU slot: Running pods' nvidia.com/gpu requests
+        "gpu_replicas": (
+            f'sum(kube_pod_container_resource_requests{{{pods},resource="nvidia_com_gpu"}}'
+            " * on (pod) group_left max by (pod)"
+            f' (kube_pod_status_phase{{{pods},phase="Running"}}))'
+        ),
+        "gpu_util_ratio": 'avg(DCGM_FI_DEV_GPU_UTIL{emulated="true"}) / 100',
+        "cpu_util_ratio": (
+            f"sum(rate(container_cpu_usage_seconds_total{{{pods}}}[30s]))"
+            f' / sum(kube_pod_container_resource_requests{{{pods},resource="cpu"}})'
+        ),
+        "memory_util_ratio": (
+            f"sum(container_memory_working_set_bytes{{{pods}}})"
+            f' / sum(kube_pod_container_resource_requests{{{pods},resource="memory"}})'
+        ),
+        "vram_used_bytes": 'sum(DCGM_FI_DEV_FB_USED{emulated="true"}) * 1048576',
+        "cpu_request_cores": f'avg(kube_pod_container_resource_requests{{{pods},resource="cpu"}})',
+        "memory_request_bytes": (
+            f'avg(kube_pod_container_resource_requests{{{pods},resource="memory"}})'
+        ),
+    }
+
+
+def build_series(
+    requests: pd.DataFrame,
+    history: pd.DataFrame,
+    cluster: dict[str, pd.Series],
+    config: list[tuple[float, float, float]],
+    start: float,
+    duration_s: int,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per-second series (:data:`SERIES_COLUMNS`) and latency histograms of one run."""
+    n = duration_s
+    out = pd.DataFrame(np.nan, index=range(n), columns=list(SERIES_COLUMNS))
+    out["time_s"] = np.arange(n, dtype=float)
+    hist = np.zeros((n, len(HIST_EDGES_S) - 1))
+    if len(requests):
+        sent = requests["timestamp"].to_numpy(float) - start
+        lat = requests["response_time_ms"].to_numpy(float) / 1e3
+        done = sent + lat
+        exc = requests.get("exception")
+        ok = (
+            np.ones(len(lat), bool)
+            if exc is None
+            else (exc.isna() | (exc.astype(str).str.strip() == "")).to_numpy()
+        )
+        offered = np.bincount(np.clip(sent.astype(int), 0, None), minlength=n)[:n]
+        out["offered_rps"] = offered.astype(float)
+        sec = np.floor(done).astype(int)
+        inside = (sec >= 0) & (sec < n)
+        served = np.bincount(sec[inside & ok], minlength=n)[:n].astype(float)
+        out["throughput_rps"] = served
+        out["failure_rps"] = np.bincount(sec[inside & ~ok], minlength=n)[:n].astype(float)
+        for s in np.unique(sec[inside & ok]):
+            v = lat[(sec == s) & ok]
+            out.loc[s, "latency_avg_s"] = float(v.mean())
+            out.loc[s, "latency_p95_s"] = float(np.quantile(v, 0.95))
+            out.loc[s, "latency_p99_s"] = float(np.quantile(v, 0.99))
+            hist[s] = np.histogram(v, HIST_EDGES_S)[0]
+    if len(history):
+        users = history.groupby(np.floor(history["timestamp"] - start).astype(int))["user_count"]
+        u = users.max()
+        u = u[(u.index >= 0) & (u.index < n)]
+        out.loc[u.index, "users"] = u.to_numpy(float)
+    for col, samples in cluster.items():
+        kept = samples[(samples.index >= 0) & (samples.index < n)]
+        out.loc[kept.index, col] = kept.to_numpy(float)
+    for t, batch, inst in config:
+        i = int(t - start)
+        if 0 <= i < n:
+            out.loc[i, "max_batch_size"] = batch
+            out.loc[i, "instance_count"] = inst
+    return out, hist
+
+
+def _wait_scraped(ep: TestbedEndpoints, t: float, timeout_s: float = 60.0) -> None:
+    """Until Prometheus holds a kube-state-metrics sample taken after ``t`` (the run's end)."""
+    from ecrl.testbed.monitoring import query
+
+    promql = f'max(timestamp(kube_deployment_spec_replicas{{deployment="{DEPLOYMENT}"}}))'
+
+    def scraped() -> bool:
+        r = query(ep.prom_url, promql)
+        return bool(r) and float(r[0]["value"][1]) >= t
+
+    _wait(scraped, "a Prometheus scrape after the run", timeout_s)
+
+
+# ------------------------------------------------------------------------ runs
+def run_one_testbed(
+    mode: str,
+    shape: LoadShape,
+    tb: Testbed,
+    ep: TestbedEndpoints,
+    out_dir: Path,
+    slo_p95_s: float,
+    seed: int,
+    repeat: int,
+) -> RunResult:
+    """Reset, drive with Locust along ``shape``, measure; returns the run like the twin's."""
+    from ecrl.load.locust_run import run_locust
+
+    reset(tb, ep, mode)
+    _wait_scraped(ep, time.time())  # the series starts from the reset state, not the last run
+    trace = out_dir / f"{shape.name}-{mode}-{repeat}.shape.csv"
+    trace.write_text(
+        "time_s,users\n" + "".join(f"{t:g},{v:g}\n" for t, v in shape.points), encoding="utf-8"
+    )
+    start = time.time()
+    with ConfigSampler(ep.triton_http) as sampler:
+        res = run_locust(
+            ep.triton_http,
+            str(trace),
+            out_dir / f"{shape.name}-{mode}-{repeat}",
+            grpc_url=ep.triton_grpc,
+        )
+    end = time.time()
+    _wait_scraped(ep, end)
+    duration = math.ceil(shape.duration_s)
+    cluster = {
+        col: _range(ep.prom_url, q, start, end) for col, q in cluster_queries(ep.namespace).items()
+    }
+    requests = res.requests if res.requests is not None else pd.DataFrame()
+    series, hist = build_series(requests, res.history, cluster, sampler.samples, start, duration)
+    kpis = compute_kpis(series, hist, HIST_EDGES_S, ep.slo(slo_p95_s))
+    return RunResult(mode, shape.name, repeat, seed, series, hist, kpis, [])
+
+
+def run_experiment_testbed(
+    cfg: ExperimentConfig,
+    shapes: list[LoadShape],
+    tb: Testbed,
+    ep: TestbedEndpoints,
+    out_dir: Path,
+    slo_p95_s: float,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every (shape, repeat, mode) in real time; returns (kpis per run, long series)."""
+    check_modes(cfg.modes)
+    raw = out_dir / "locust"
+    raw.mkdir(parents=True, exist_ok=True)
+    tasks = []
+    for si, shape in enumerate(shapes):
+        scaled = shape.scaled(cfg.time_scale) if cfg.time_scale != 1.0 else shape
+        for rep in range(cfg.repeats):
+            tasks.extend((mode, scaled, run_seed(cfg.seed, si, rep), rep) for mode in cfg.modes)
+    total_s = sum(t[1].duration_s for t in tasks)
+    bar = tqdm(total=round(total_s), desc="testbed runs", unit="s", disable=not progress)
+    results = []
+    for mode, shape, seed, rep in tasks:
+        bar.set_postfix_str(f"{shape.name}/{mode}/{rep}")
+        results.append(run_one_testbed(mode, shape, tb, ep, raw, slo_p95_s, seed, rep))
+        bar.update(round(shape.duration_s))
+    bar.close()
+    kpis = pd.DataFrame(
+        [
+            {"mode": r.mode, "profile": r.shape, "repeat": r.repeat, "seed": r.seed, **r.kpis}
+            for r in results
+        ]
+    )
+    series = pd.concat(
+        [r.series.assign(mode=r.mode, profile=r.shape, repeat=r.repeat) for r in results],
+        ignore_index=True,
+    )
+    return kpis, series
