@@ -25,7 +25,7 @@ E2E = os.environ.get("ECRL_E2E") == "1"
 def testbed() -> Iterator[cluster.Testbed]:
     if not E2E:
         pytest.skip("set ECRL_E2E=1 to run against the real control plane (make testbed)")
-    name = "ecrl-e2e"
+    name = os.environ.get("ECRL_E2E_CLUSTER", "ecrl-e2e")  # another name: run sessions side by side
     try:
         yield cluster.up(name=name)
     finally:
