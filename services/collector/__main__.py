@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from ecrl import logs
 from ecrl.config import from_mapping, load_yaml
 from ecrl.errors import ConfigError
+from services.flags import flags_to_mapping
 
 from .config import FLAGS, CollectorConfig
 from .grpc_api import StartError
@@ -100,29 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _env(flag: str) -> str | None:
-    return os.environ.get(ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper())
-
-
 def config_from_args(args: argparse.Namespace) -> CollectorConfig:
     """YAML file, then flags (else environment) → validated config; ConfigError names the field."""
-    data: dict[str, Any] = load_yaml(args.config) if args.config else {}
-    for name, flag in FLAGS.items():
-        raw = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if raw is None:
-            raw = _env(flag)
-        if raw is None:
-            continue
-        if name in _OPTIONAL and raw == "":
-            data[name] = None
-        elif name in _NUMBERS:
-            try:
-                data[name] = _NUMBERS[name](raw)
-            except ValueError:
-                kind = "an integer" if _NUMBERS[name] is int else "a number"
-                raise ConfigError("flags", name, f"{raw!r} is not {kind}") from None
-        else:
-            data[name] = raw
+    base = load_yaml(args.config) if args.config else {}
+    data = flags_to_mapping(args, FLAGS, _NUMBERS, _OPTIONAL, ENV_PREFIX, base)
     return from_mapping(CollectorConfig, data, source=args.config or "flags")
 
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 from ecrl import logs
 from ecrl.config import from_mapping
 from ecrl.errors import ConfigError
+from services.flags import flags_to_mapping
 
 from .config import FLAGS, ServerConfig
 from .server import PolicyServer, StartError
@@ -42,10 +41,6 @@ The policy file is checked every --reload-interval seconds and swapped in when i
 and validates; a bad file keeps the previous policy serving. Exit codes: 0 stopped by
 SIGTERM/SIGINT, 1 could not start, 2 bad configuration.
 """
-
-
-def _env(flag: str) -> str | None:
-    return os.environ.get(ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,23 +101,8 @@ _OPTIONAL_PATHS = ("policy_path", "scorer_path", "metrics_listen")
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Flags (else environment) → validated :class:`ServerConfig`; ConfigError names the flag."""
-    data: dict[str, Any] = {}
-    for name, flag in FLAGS.items():
-        raw = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if raw is None:
-            raw = _env(flag)
-        if raw is None:
-            continue
-        if name in _OPTIONAL_PATHS and raw == "":
-            data[name] = None
-        elif name in _NUMBERS:
-            try:
-                data[name] = _NUMBERS[name](raw)
-            except ValueError:
-                kind = "an integer" if _NUMBERS[name] is int else "a number"
-                raise ConfigError("flags", name, f"{raw!r} is not {kind}") from None
-        else:
-            data[name] = raw
+    base = None
+    data = flags_to_mapping(args, FLAGS, _NUMBERS, _OPTIONAL_PATHS, ENV_PREFIX, base)
     return from_mapping(ServerConfig, data, source="flags")
 
 
