@@ -13,7 +13,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,23 +20,13 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ecrl import schema
+from ecrl.jsonsafe import finite
 
 from .collector import Collector, State
 from .config import parse_hostport
 from .grpc_api import StartError
 
 log = logging.getLogger("ecrl.collector.http")
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe copy: non-finite floats → None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def rfc3339(ts_s: float) -> str:
@@ -48,7 +37,7 @@ def state_json(collector: Collector, state: State) -> dict[str, Any]:
     """The ``/state`` document of ``state``."""
     values = [float(v) for v in state.values]
     store = collector.store
-    return _finite(
+    return finite(
         {
             "schema_version": schema.SCHEMA_VERSION,
             "schema_hash": schema.SCHEMA_HASH,

@@ -12,8 +12,8 @@ import pytest
 
 from ecrl import schema
 from ecrl.actions import HEADS, NOOP
+from ecrl.jsonsafe import finite as _finite
 from ecrl.policies.base import Action, Observation, PodMetrics
-from services.collector.http_api import _finite
 from services.policy_server.client import PolicyUnavailable
 from services.policy_server.results import Decision, Fallback
 from services.scheduler_extender.actuator import __main__ as cli

@@ -9,24 +9,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import math
 import threading
 from pathlib import Path
 from typing import Any
 
+from ecrl.jsonsafe import finite
 from ecrl.policies.base import Action, Observation
 
 from .loop import TickRecord
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _action(action: Action | None) -> dict[str, Any] | None:
@@ -63,7 +53,7 @@ def record_json(rec: TickRecord) -> dict[str, Any]:
     """The audit line of one tick."""
     snap = rec.snapshot
     decision = rec.decision
-    return _finite(
+    return finite(
         {
             "time": dt.datetime.fromtimestamp(rec.time_s, dt.UTC).isoformat(
                 timespec="milliseconds"
