@@ -99,6 +99,31 @@ def reset(tb: Testbed, ep: TestbedEndpoints, mode: str) -> None:
     if mode == "static":
         tb.kubectl("delete", "hpa", DEPLOYMENT, "-n", ep.namespace, "--ignore-not-found")
     _wait(lambda: _serving(ep) == 1, "emulator serving the first pod", 120)
+    load_baseline_config(ep)
+
+
+def load_baseline_config(ep: TestbedEndpoints) -> None:
+    """Triton load-with-config back to the Deployment's initial batching and instances, so a
+    run does not inherit what an earlier controller loaded (the twin starts every run there).
+    """
+    from ecrl.twin.spec import DeploymentSpec
+
+    d = DeploymentSpec()
+    config = {
+        "max_batch_size": d.max_batch_size,
+        "dynamic_batching": {"max_queue_delay_microseconds": round(d.batch_delay_s * 1e6)},
+        "instance_group": [{"count": d.instance_count, "kind": "KIND_GPU"}],
+    }
+    body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
+    req = urllib.request.Request(
+        f"{ep.triton_http}/v2/repository/models/mobilenetv4/load",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"load-with-config answered HTTP {resp.status}")
 
 
 class ConfigSampler:

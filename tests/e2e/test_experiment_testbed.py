@@ -3,6 +3,7 @@ the same KPI table the twin gives, from Locust's log and the real Prometheus."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from ecrl.experiment.report import write_report
 from ecrl.experiment.runner import ExperimentConfig
-from ecrl.experiment.testbed_backend import TestbedEndpoints, run_experiment_testbed
+from ecrl.experiment.testbed_backend import MANIFEST, TestbedEndpoints, run_experiment_testbed
 from ecrl.load.shapes import LoadShape
 
 pytestmark = pytest.mark.e2e
@@ -25,6 +26,14 @@ def test_a_short_baseline_run_on_the_testbed(
         triton_grpc=dataplane.grpc_url,
         metrics_url=dataplane.metrics_url,
         emulator_time_scale=dataplane.time_scale,
+    )
+    # An earlier controller left another model config loaded: the run must not inherit it.
+    import tritonclient.http as th
+
+    testbed.kubectl("apply", "-f", str(MANIFEST))
+    dataplane.wait_pods(1, timeout_s=60)
+    th.InferenceServerClient(dataplane.http_url.removeprefix("http://")).load_model(
+        "mobilenetv4", config=json.dumps({"max_batch_size": 4})
     )
     shape = LoadShape("short-step", ((0, 3), (20, 3), (20, 25), (50, 25)))
     cfg = ExperimentConfig(modes=("hpa-cpu",), shapes=("short-step",), repeats=1)
@@ -41,7 +50,8 @@ def test_a_short_baseline_run_on_the_testbed(
     assert len(series) == 50
     assert series["replicas_ready"].notna().mean() > 0.8  # from kube-state-metrics
     assert series["gpu_util_ratio"].notna().mean() > 0.8  # from the emulator's DCGM series
-    assert (series["max_batch_size"].dropna() == 8).all()  # sampled from Triton's config API
+    # sampled from Triton's config API: the Deployment's initial config, restored by the reset
+    assert (series["max_batch_size"].dropna() == 8).all()
     assert not math.isnan(row["cpu_util_ratio"])
     files = write_report(
         tmp_path / "report", kpis, series, {"backend": "testbed", "slo_p95_s": ep.slo(0.15)}
