@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -13,6 +11,7 @@ from ecrl import logs
 from ecrl.config import from_mapping, load_yaml
 from ecrl.errors import ConfigError
 from services.flags import flags_to_mapping
+from services.lifecycle import stop_on_signals
 
 from .config import FLAGS, CollectorConfig
 from .grpc_api import StartError
@@ -126,9 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     stop.wait()
     server.stop()
     return 0

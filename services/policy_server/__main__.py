@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 
 from ecrl import logs
 from ecrl.config import from_mapping
 from ecrl.errors import ConfigError
 from services.flags import flags_to_mapping
+from services.lifecycle import stop_on_signals
 
 from .config import FLAGS, ServerConfig
 from .server import PolicyServer, StartError
@@ -121,9 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     stop.wait()
     server.stop()
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -15,6 +14,7 @@ from typing import NoReturn
 
 from ecrl import logs
 from ecrl.errors import ConfigError
+from services.lifecycle import stop_on_signals
 
 from .config import LOG_LEVELS, ActuatorConfig
 
@@ -216,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(f"argument {exc.field}: {exc.problem}")
     logs.setup(SERVICE, cfg.log_level)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     run(cfg, api, stop)
     return 0
 
