@@ -33,6 +33,7 @@ from ecrl.experiment.kpis import SERIES_COLUMNS, compute_kpis
 from ecrl.experiment.runner import ExperimentConfig, RunResult, run_seed
 from ecrl.load.shapes import LoadShape
 from ecrl.testbed.cluster import Testbed
+from ecrl.testbed.dataplane import emulator_pods
 
 MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "baseline" / "mobilenetv4-triton.yaml"
 DEPLOYMENT = "mobilenetv4-triton"
@@ -73,14 +74,6 @@ def check_modes(modes: tuple[str, ...]) -> None:
 
 
 # ------------------------------------------------------------------------ cluster control
-def _serving(ep: TestbedEndpoints) -> int:
-    with urllib.request.urlopen(ep.metrics_url + "/metrics", timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith("ecrl_emulator_pods "):
-                return round(float(line.split()[1]))
-    raise RuntimeError("the emulator's /metrics has no ecrl_emulator_pods")
-
-
 def _wait(cond, what: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
@@ -94,11 +87,11 @@ def reset(tb: Testbed, ep: TestbedEndpoints, mode: str) -> None:
     tb.kubectl(
         "delete", "deployment,hpa", DEPLOYMENT, "-n", ep.namespace, "--ignore-not-found", "--wait"
     )
-    _wait(lambda: _serving(ep) == 0, "emulator serving 0 pods", 120)
+    _wait(lambda: emulator_pods(ep.metrics_url) == 0, "emulator serving 0 pods", 120)
     tb.kubectl("apply", "-n", ep.namespace, "-f", str(MANIFEST))
     if mode == "static":
         tb.kubectl("delete", "hpa", DEPLOYMENT, "-n", ep.namespace, "--ignore-not-found")
-    _wait(lambda: _serving(ep) == 1, "emulator serving the first pod", 120)
+    _wait(lambda: emulator_pods(ep.metrics_url) == 1, "emulator serving the first pod", 120)
     load_baseline_config(ep)
 
 

@@ -38,12 +38,7 @@ class DataPlane:
 
     def serving(self) -> int:
         """How many ready pods the emulator serves now (its ``ecrl_emulator_pods`` gauge)."""
-        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        m = re.search(r"^ecrl_emulator_pods ([0-9.e+]+)$", text, re.MULTILINE)
-        if m is None:
-            raise procs.ProcessError("the emulator's /metrics has no ecrl_emulator_pods")
-        return round(float(m.group(1)))
+        return emulator_pods(self.metrics_url)
 
     def wait_pods(self, n: int, timeout_s: float = 60.0) -> float:
         """Wait until the emulator serves exactly ``n`` pods; returns the seconds waited."""
@@ -55,6 +50,16 @@ class DataPlane:
                 raise procs.ProcessError(f"emulator serves {have} pods, not {n}, in {timeout_s} s")
             time.sleep(0.25)
         return time.monotonic() - t0
+
+
+def emulator_pods(metrics_url: str) -> int:
+    """Ready pods a running emulator serves, read from its ``ecrl_emulator_pods`` gauge."""
+    with urllib.request.urlopen(metrics_url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    m = re.search(r"^ecrl_emulator_pods ([0-9.e+]+)$", text, re.MULTILINE)
+    if m is None:
+        raise procs.ProcessError("the emulator's /metrics has no ecrl_emulator_pods")
+    return round(float(m.group(1)))
 
 
 def start_emulator(
