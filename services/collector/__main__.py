@@ -57,6 +57,7 @@ HELP = {
     "min_replicas": ("N", "envelope: fewest replicas (default 1)"),
     "max_replicas": ("N", "envelope: most replicas (default 4)"),
     "slo_p95_s": ("SECONDS", "p95 latency target (default 0.15)"),
+    "time_scale": ("X", "data plane N× slower than the box (testbed emulator: 4; default 1)"),
     "gpu_resource": ("NAME", "GPU extended resource (default nvidia.com/gpu)"),
     "gpu_node_label": ("LABEL", "dcgm-exporter label with the node name (default Hostname)"),
     "grpc_listen": ("HOST:PORT", "StateService address ('' = off; default 127.0.0.1:50052)"),
@@ -73,6 +74,7 @@ _NUMBERS: dict[str, type] = {
     "min_replicas": int,
     "max_replicas": int,
     "slo_p95_s": float,
+    "time_scale": float,
 }
 _OPTIONAL = ("grpc_listen", "http_listen")
 

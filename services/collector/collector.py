@@ -36,6 +36,7 @@ from .observation import (
     Settings,
     StaleInputs,
     build,
+    to_box_time,
 )
 from .queries import REQUIRED, Query, ksm_resource, render
 from .sources import Fetched, SourceError
@@ -194,7 +195,7 @@ class Collector:
         state: State | None = None
         stale: tuple[str, ...] = ()
         try:
-            built = build(inp)
+            built = to_box_time(build(inp), self.config.time_scale)
         except StaleInputs as exc:
             stale = exc.missing
             self.store.mark_stale(stale)

@@ -63,6 +63,10 @@ class CollectorConfig:
     """The actuator's envelope: most replicas (encoded as headroom up)."""
     slo_p95_s: float = field(default=0.15, metadata=bounds(0.001, 600.0, "seconds"))
     """The p95 latency target the run is judged against."""
+    time_scale: float = field(default=1.0, metadata=bounds(0.01, 100.0))
+    """The data plane's service times are this many times the box's (the testbed emulator's
+    ``--time-scale``): rates are reported ×, latencies ÷ this, in the box's units the policy
+    was trained in. 1 on a real box."""
     gpu_resource: str = "nvidia.com/gpu"
     """Extended resource of a GPU slot (kube-state-metrics writes it as nvidia_com_gpu)."""
     gpu_node_label: str = "Hostname"
@@ -114,6 +118,7 @@ FLAGS = {
     "min_replicas": "--min-replicas",
     "max_replicas": "--max-replicas",
     "slo_p95_s": "--slo-p95",
+    "time_scale": "--time-scale",
     "gpu_resource": "--gpu-resource",
     "gpu_node_label": "--gpu-node-label",
     "grpc_listen": "--grpc-listen",

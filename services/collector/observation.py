@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ecrl.errors import Temporary
 from ecrl.policies.base import Observation, PodMetrics
@@ -86,6 +86,39 @@ class Built:
     """The newest sample time used."""
     diagnostics: dict[str, float | None] = field(default_factory=dict)
     """Derived values that are not part of the state (mean latency, compute time)."""
+
+
+def to_box_time(built: Built, time_scale: float) -> Built:
+    """A slowed-down data plane's measurements in the units of the box it stands for.
+
+    The testbed's emulator runs every service time ×``time_scale`` (so two CPU cores can
+    saturate it); a policy trained on the box must see the box's units: request rates
+    ×``time_scale``, latencies and queue times ÷``time_scale``. Utilizations, CPU cores
+    (CPU-seconds per second: ×scale slower work at ÷scale the rate), in-flight requests
+    (Little's law), settings and ages are unchanged. ``time_scale == 1`` (the real box) is the
+    identity. Missing values stay missing.
+    """
+    if time_scale == 1.0:
+        return built
+
+    def rate(v: float | None) -> float | None:
+        return None if v is None else v * time_scale
+
+    def lat(v: float | None) -> float | None:
+        return None if v is None else v / time_scale
+
+    o = built.observation
+    pods = tuple(
+        replace(
+            p, request_rate_rps=rate(p.request_rate_rps), queue_time_avg_s=lat(p.queue_time_avg_s)
+        )
+        for p in o.pods
+    )
+    obs = replace(
+        o, pods=pods, request_rate_rps=rate(o.request_rate_rps), p95_latency_s=lat(o.p95_latency_s)
+    )
+    diagnostics = {k: lat(v) for k, v in built.diagnostics.items()}  # all of them are times
+    return replace(built, observation=obs, diagnostics=diagnostics)
 
 
 class StaleInputs(Temporary):
