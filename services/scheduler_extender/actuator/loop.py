@@ -1,10 +1,13 @@
 """One control tick, pure over injected parts (collector, policy, applier, leadership, audit).
 
-State → (stale? hold ``hold_ticks`` ticks, then fallback) → envelope mask → policy Decide →
+State → (stale? hold ``hold_ticks`` ticks, then fallback on no measurements) → envelope mask →
+policy Decide →
 decode → envelope clamp → apply (unless shadow) → one audit record. Every policy-server
 failure (unreachable, NOT_SERVING, deadline, rejected state) and a schema mismatch make the
 HPA-equivalent rule decide this tick instead, still behind the envelope; the reason is
-audited, logged and counted. Nothing here raises for a dependency failure.
+audited, logged and counted. Nothing here raises for a dependency failure. A stale state's
+measurements are old, not current: the fallback sees them as missing (as the HPA does when
+the metrics API has nothing fresh: no scaling), and only the replica bounds are enforced.
 """
 
 from __future__ import annotations
@@ -123,6 +126,31 @@ class TickRecord:
         return {h.name: h.steps[i] for h, i in zip(HEADS, self.decision.action, strict=True)}
 
 
+def unmeasured(obs: Observation) -> Observation:
+    """``obs`` with every measurement missing and the settings kept: what is known of the
+    cluster when the metrics are stale (replicas live, requests and batching as configured)."""
+    pods = tuple(
+        replace(
+            p,
+            cpu_usage_cores=None,
+            queue_time_avg_s=None,
+            concurrency=None,
+            request_rate_rps=None,
+            memory_usage_bytes=None,
+        )
+        for p in obs.pods
+    )
+    return replace(
+        obs,
+        pods=pods,
+        request_rate_rps=None,
+        p95_latency_s=None,
+        success_ratio=None,
+        gpu_util_ratio=None,
+        vram_used_bytes=None,
+    )
+
+
 def _same(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
@@ -195,7 +223,7 @@ class Actuator:
             why = f"hold {self.stale_ticks}/{self.settings.hold_ticks}: {problem}"
             return replace(rec, outcome="hold", reason=why)
         if problem:
-            return self._finish(rec, obs, None, "stale_state", problem)
+            return self._finish(rec, unmeasured(obs), None, "stale_state", problem)
         if snap.schema_hash != SCHEMA_HASH:
             why = f"collector schema {snap.schema_hash[:12]} is not ours {SCHEMA_HASH[:12]}"
             return self._finish(rec, obs, None, "schema_mismatch", why)
