@@ -97,7 +97,7 @@ def _add_experiment_args(p: argparse.ArgumentParser, default_out: str) -> None:
 def _run_testbed(args: argparse.Namespace, cfg: ExperimentConfig, shapes, cluster):
     """The same comparison on the running testbed (real time: Locust against the emulator)."""
     from ecrl.experiment.testbed_backend import (
-        TESTBED_MODES,
+        DEFAULT_TESTBED_MODES,
         TestbedEndpoints,
         check_modes,
         run_experiment_testbed,
@@ -106,7 +106,7 @@ def _run_testbed(args: argparse.Namespace, cfg: ExperimentConfig, shapes, cluste
     from ecrl.testbed.dataplane import DEFAULT_TIME_SCALE
 
     if args.modes == DEFAULT_MODES:
-        cfg = replace(cfg, modes=TESTBED_MODES)
+        cfg = replace(cfg, modes=DEFAULT_TESTBED_MODES)
     check_modes(cfg.modes)
     try:
         tb = attach(args.testbed)

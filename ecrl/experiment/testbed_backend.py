@@ -9,8 +9,12 @@ kubelet resource metrics, the emulator's DCGM series), batching from Triton's co
 sampled during the run. Nothing is filled in: a second without a sample stays NaN.
 
 Modes: ``hpa-cpu`` — the baseline: the real HPA (autoscaling/v2, CPU 80 %, upstream
-behavior) from ``deploy/baseline/``. ``static`` — the Deployment alone at one replica.
-The learned mode needs the actuator service and is not wired here yet.
+behavior) from ``deploy/baseline/`` with the default scheduler (the extender is not running,
+and the scheduler ignores it). ``static`` — the Deployment alone at one replica. ``rl`` — no
+HPA; ECRL's services as a user deploys them (:mod:`ecrl.testbed.services`): the policy server
+and the collector for the whole experiment, the scheduler extender and the actuator started
+after each run's reset and stopped after it, so every run starts from the same state. The
+actuator's audit log of every run is kept beside Locust's files (``audit/``).
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ from ecrl.experiment.runner import ExperimentConfig, RunResult, run_seed
 from ecrl.load.shapes import LoadShape
 from ecrl.testbed.cluster import Testbed
 from ecrl.testbed.dataplane import emulator_pods
+from ecrl.testbed.services import ACTUATOR, EXTENDER, Services, ServicesConfig
 
 MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "baseline" / "mobilenetv4-triton.yaml"
 DEPLOYMENT = "mobilenetv4-triton"
 POD_RE = f"{DEPLOYMENT}-.*"
-TESTBED_MODES = ("hpa-cpu", "static")
+TESTBED_MODES = ("hpa-cpu", "static", "rl")
+DEFAULT_TESTBED_MODES = ("hpa-cpu", "rl")
+"""The comparison the issue asks for: the default scheduler + HPA against the learned policy."""
 HIST_EDGES_S = np.concatenate([[0.0], np.geomspace(0.001, 120.0, 360)])
 """The twin's latency histogram edges (``ecrl.twin.twin.DEFAULT_HIST_EDGES_S``)."""
 
@@ -69,7 +76,7 @@ def check_modes(modes: tuple[str, ...]) -> None:
             "command line",
             "--modes",
             f"{', '.join(bad)} not available on the testbed backend yet "
-            f"(available: {', '.join(TESTBED_MODES)}; rl needs the actuator service)",
+            f"(available: {', '.join(TESTBED_MODES)})",
         )
 
 
@@ -83,13 +90,14 @@ def _wait(cond, what: str, timeout_s: float) -> None:
 
 
 def reset(tb: Testbed, ep: TestbedEndpoints, mode: str) -> None:
-    """Remove the Deployment and its HPA, then apply the mode's manifests at one replica."""
+    """Remove the Deployment and its HPA, then apply the mode's manifests at one replica
+    (the HPA only for ``hpa-cpu``: in ``rl`` the actuator owns the replica count)."""
     tb.kubectl(
         "delete", "deployment,hpa", DEPLOYMENT, "-n", ep.namespace, "--ignore-not-found", "--wait"
     )
     _wait(lambda: emulator_pods(ep.metrics_url) == 0, "emulator serving 0 pods", 120)
     tb.kubectl("apply", "-n", ep.namespace, "-f", str(MANIFEST))
-    if mode == "static":
+    if mode != "hpa-cpu":
         tb.kubectl("delete", "hpa", DEPLOYMENT, "-n", ep.namespace, "--ignore-not-found")
     _wait(lambda: emulator_pods(ep.metrics_url) == 1, "emulator serving the first pod", 120)
     load_baseline_config(ep)
@@ -271,12 +279,42 @@ def run_one_testbed(
     slo_p95_s: float,
     seed: int,
     repeat: int,
+    services: Services | None = None,
 ) -> RunResult:
-    """Reset, drive with Locust along ``shape``, measure; returns the run like the twin's."""
+    """Reset, drive with Locust along ``shape``, measure; returns the run like the twin's.
+
+    ``services`` (policy server and collector running) is needed for ``rl``: the extender and
+    the actuator run for exactly this run.
+    """
+    if mode != "rl":
+        reset(tb, ep, mode)
+        _wait_scraped(ep, time.time())  # the series starts from the reset state
+        return _drive(mode, shape, ep, out_dir, slo_p95_s, seed, repeat)
+    if services is None:
+        raise ValueError("rl mode needs the services (policy server, collector) running")
+    try:
+        services.start_extender()  # before the reset: the run's first pod goes through it too
+        reset(tb, ep, mode)
+        _wait_scraped(ep, time.time())
+        services.start_actuator(out_dir / "audit" / f"{shape.name}-{mode}-{repeat}.jsonl")
+        return _drive(mode, shape, ep, out_dir, slo_p95_s, seed, repeat)
+    finally:
+        services.stop(ACTUATOR)
+        services.stop(EXTENDER)
+
+
+def _drive(
+    mode: str,
+    shape: LoadShape,
+    ep: TestbedEndpoints,
+    out_dir: Path,
+    slo_p95_s: float,
+    seed: int,
+    repeat: int,
+) -> RunResult:
+    """Locust along ``shape`` against the data plane, then the run's series and KPIs."""
     from ecrl.load.locust_run import run_locust
 
-    reset(tb, ep, mode)
-    _wait_scraped(ep, time.time())  # the series starts from the reset state, not the last run
     trace = out_dir / f"{shape.name}-{mode}-{repeat}.shape.csv"
     trace.write_text(
         "time_s,users\n" + "".join(f"{t:g},{v:g}\n" for t, v in shape.points), encoding="utf-8"
@@ -301,6 +339,27 @@ def run_one_testbed(
     return RunResult(mode, shape.name, repeat, seed, series, hist, kpis, [])
 
 
+def services_for(tb: Testbed, ep: TestbedEndpoints, slo_p95_s: float) -> Services:
+    """ECRL's services configured for this testbed: the box's SLO, and the collector told the
+    emulator's time scale so the policy sees the box's rates and latencies."""
+    from ecrl.twin.spec import DeploymentSpec
+
+    d = DeploymentSpec()
+    return Services(
+        tb,
+        ServicesConfig(
+            prom_url=ep.prom_url,
+            triton_http=ep.triton_http,
+            namespace=ep.namespace,
+            deployment=DEPLOYMENT,
+            slo_p95_s=slo_p95_s,
+            time_scale=ep.emulator_time_scale,
+            min_replicas=d.min_replicas,
+            max_replicas=d.max_replicas,
+        ),
+    )
+
+
 def run_experiment_testbed(
     cfg: ExperimentConfig,
     shapes: list[LoadShape],
@@ -322,11 +381,21 @@ def run_experiment_testbed(
     total_s = sum(t[1].duration_s for t in tasks)
     bar = tqdm(total=round(total_s), desc="testbed runs", unit="s", disable=not progress)
     results = []
-    for mode, shape, seed, rep in tasks:
-        bar.set_postfix_str(f"{shape.name}/{mode}/{rep}")
-        results.append(run_one_testbed(mode, shape, tb, ep, raw, slo_p95_s, seed, rep))
-        bar.update(round(shape.duration_s))
-    bar.close()
+    services = services_for(tb, ep, slo_p95_s) if "rl" in cfg.modes else None
+    try:
+        if services is not None:
+            services.start_policy_server()
+            services.start_collector()
+        for mode, shape, seed, rep in tasks:
+            bar.set_postfix_str(f"{shape.name}/{mode}/{rep}")
+            results.append(
+                run_one_testbed(mode, shape, tb, ep, raw, slo_p95_s, seed, rep, services)
+            )
+            bar.update(round(shape.duration_s))
+    finally:
+        bar.close()
+        if services is not None:
+            services.stop_all()
     kpis = pd.DataFrame(
         [
             {"mode": r.mode, "profile": r.shape, "repeat": r.repeat, "seed": r.seed, **r.kpis}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -77,6 +78,13 @@ def start(
     return Proc(name, proc.pid, log)
 
 
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now (for side processes started next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 _children: dict[int, subprocess.Popen] = {}
 """Popen objects of processes this interpreter started, so they are reaped (no zombies)."""
 
@@ -124,8 +132,13 @@ def wait_http(proc: Proc, url: str, timeout_s: float, ok: Callable[[bytes], bool
     )
 
 
-def stop(cluster: str, name: str, grace_s: float = 10.0) -> bool:
-    """Stop one recorded process group (SIGTERM, then SIGKILL); True if one was running."""
+def stop(
+    cluster: str, name: str, grace_s: float = 10.0, sig: signal.Signals = signal.SIGTERM
+) -> bool:
+    """Stop one recorded process group (``sig``, then SIGKILL); True if one was running.
+
+    ``sig=SIGKILL`` is a crash: the process gets no chance to drain or release anything.
+    """
     pidfile = run_dir(cluster) / f"{name}.pid"
     try:
         pid = int(pidfile.read_text().strip())
@@ -133,7 +146,7 @@ def stop(cluster: str, name: str, grace_s: float = 10.0) -> bool:
         return False
     was_running = _alive(pid)
     if was_running:
-        _signal_group(pid, signal.SIGTERM)
+        _signal_group(pid, sig)
         deadline = time.monotonic() + grace_s
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)

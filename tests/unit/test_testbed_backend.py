@@ -57,5 +57,5 @@ def test_missing_cluster_samples_stay_nan() -> None:
 
 
 def test_modes_not_on_the_testbed_are_refused_naming_the_flag() -> None:
-    with pytest.raises(ConfigError, match="--modes.*rl"):
-        check_modes(("hpa-cpu", "rl"))
+    with pytest.raises(ConfigError, match="--modes.*kpa"):
+        check_modes(("hpa-cpu", "kpa", "rl"))
