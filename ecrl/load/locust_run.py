@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -166,12 +167,14 @@ def run_locust(
     extra_env: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
     locustfile: Path = DEFAULT_LOCUSTFILE,
+    stop: threading.Event | None = None,
 ) -> LocustResult:
     """Run Locust headless against ``host`` and parse its CSVs.
 
     ``shape``: a built-in shape or trace CSV (``ECRL_SHAPE``, scaled by ``time_scale`` and
     ``users_scale``); or None for a fixed ``users`` for ``run_time_s`` seconds. The run is
-    killed after ``timeout_s`` (default: planned duration + :data:`TIMEOUT_GRACE_S`).
+    killed after ``timeout_s`` (default: planned duration + :data:`TIMEOUT_GRACE_S`). Setting
+    ``stop`` ends the run early the way Ctrl-C does (SIGTERM: Locust writes its files).
     """
     if shape is None and (users is None or run_time_s is None):
         raise ValueError("without a shape, give users and run_time_s")
@@ -216,17 +219,26 @@ def run_locust(
             cwd=REPO_ROOT,
             start_new_session=True,
         )
-        try:
-            rc = proc.wait(timeout=limit_s)
-        except subprocess.TimeoutExpired:
-            _stop(proc)
-            raise LocustRunError(
-                f"Locust ran past {limit_s:.0f} s and was stopped; log tail:\n{_tail(log_path)}"
-            ) from None
+        stopped = False
+        while True:
+            try:
+                rc = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if stop is not None and stop.is_set():
+                    _stop(proc)
+                    rc, stopped = proc.returncode, True
+                    break
+                if time.monotonic() - start > limit_s:
+                    _stop(proc)
+                    raise LocustRunError(
+                        f"Locust ran past {limit_s:.0f} s and was stopped; log tail:\n"
+                        f"{_tail(log_path)}"
+                    ) from None
     wall_s = time.monotonic() - start
     history_path = Path(f"{prefix}_stats_history.csv")
     json_path = Path(f"{prefix}.json")
-    if rc != 0 or not history_path.is_file() or not json_path.is_file():
+    if (rc != 0 and not stopped) or not history_path.is_file() or not json_path.is_file():
         raise LocustRunError(f"Locust exited with code {rc}; log tail:\n{_tail(log_path)}")
     return LocustResult(
         csv_prefix=prefix,

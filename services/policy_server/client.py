@@ -66,6 +66,15 @@ class TlsOptions:
         )
 
 
+RECONNECT = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+"""gRPC's default backoff grows to 120 s: after a policy-server restart the controller would
+keep falling back for minutes. Capped at 1 s, a restarted server is used within a tick."""
+
+
 def _error(exc: grpc.RpcError) -> Exception:
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
@@ -83,10 +92,10 @@ class PolicyClient:
     def __init__(self, target: str, timeout_s: float = 0.5, tls: TlsOptions | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
+        options = list(RECONNECT)
         if tls is None:
-            self.channel = grpc.insecure_channel(target)
+            self.channel = grpc.insecure_channel(target, options=options)
         else:
-            options = []
             if tls.server_name:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             self.channel = grpc.secure_channel(target, tls.credentials(), options=options)

@@ -126,9 +126,9 @@ class TickRecord:
         return {h.name: h.steps[i] for h, i in zip(HEADS, self.decision.action, strict=True)}
 
 
-def unmeasured(obs: Observation) -> Observation:
-    """``obs`` with every measurement missing and the settings kept: what is known of the
-    cluster when the metrics are stale (replicas live, requests and batching as configured)."""
+def unmeasured(obs: Observation, now_s: float) -> Observation:
+    """``obs`` at ``now_s`` with every measurement missing and the settings kept: what is known
+    of the cluster when the metrics are stale (replicas live, requests and batching)."""
     pods = tuple(
         replace(
             p,
@@ -142,6 +142,7 @@ def unmeasured(obs: Observation) -> Observation:
     )
     return replace(
         obs,
+        time_s=now_s,
         pods=pods,
         request_rate_rps=None,
         p95_latency_s=None,
@@ -223,7 +224,9 @@ class Actuator:
             why = f"hold {self.stale_ticks}/{self.settings.hold_ticks}: {problem}"
             return replace(rec, outcome="hold", reason=why)
         if problem:
-            return self._finish(rec, unmeasured(obs), None, "stale_state", problem)
+            obs = unmeasured(obs, rec.time_s)  # audited as decided on: nothing measured
+            rec = replace(rec, observation=obs)
+            return self._finish(rec, obs, None, "stale_state", problem)
         if snap.schema_hash != SCHEMA_HASH:
             why = f"collector schema {snap.schema_hash[:12]} is not ours {SCHEMA_HASH[:12]}"
             return self._finish(rec, obs, None, "schema_mismatch", why)
