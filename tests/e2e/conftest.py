@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ecrl.experiment.testbed_backend import TestbedEndpoints, load_baseline_config
 from ecrl.filesd import write_sd
 from ecrl.testbed import cluster, procs
 from ecrl.testbed import dataplane as dp
@@ -82,14 +83,16 @@ BASELINE = Path(__file__).resolve().parents[2] / "deploy" / "baseline" / "mobile
 
 @pytest.fixture
 def deployment(testbed: cluster.Testbed, dataplane: dp.DataPlane) -> Iterator:
-    """Apply the baseline Deployment without its HPA at N replicas; waits until the emulator
-    serves them, and removes the Deployment (and waits for the emulator to let go) after."""
+    """Apply the baseline Deployment without its HPA at N replicas and its initial Triton
+    config; waits until the emulator serves them, and removes the Deployment (and waits for the emulator to let go) after."""
 
     def apply(replicas: int) -> None:
         testbed.kubectl("apply", "-f", str(BASELINE))
         testbed.kubectl("delete", "hpa", "mobilenetv4-triton", "--ignore-not-found")
         testbed.kubectl("scale", "deployment", "mobilenetv4-triton", f"--replicas={replicas}")
         dataplane.wait_pods(replicas, timeout_s=60)
+        # the emulator outlives tests: back to the Deployment's Triton config, not the last one
+        load_baseline_config(TestbedEndpoints(triton_http=dataplane.http_url))
 
     try:
         yield apply
