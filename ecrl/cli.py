@@ -14,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ecrl.cli_common import install, missing_extra
+from ecrl.cli_microk8s import EPILOG as MICROK8S_EPILOG
+from ecrl.cli_microk8s import add_microk8s_args, run_microk8s
 from ecrl.cli_placement import add_placement_parser
 from ecrl.config import from_file
 from ecrl.errors import ConfigError
@@ -33,7 +35,9 @@ EPILOG_DEMO = "example: ecrl demo --out results/demo"
 EPILOG_EXP = (
     "examples:\n"
     "  ecrl experiment --modes hpa-cpu,kpa,oracle --shapes step,bursty --repeats 5\n"
-    "  ecrl experiment --trace my_production_trace.csv --repeats 10 --out results/trace"
+    "  ecrl experiment --trace my_production_trace.csv --repeats 10 --out results/trace\n"
+    "  ecrl experiment --backend testbed --shapes step --repeats 5 --time-scale 0.3\n"
+    + MICROK8S_EPILOG
 )
 EPILOG_TRAIN = (
     "examples:\n"
@@ -87,9 +91,10 @@ def _add_experiment_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument(
         "--backend",
-        choices=("twin", "testbed"),
+        choices=("twin", "testbed", "microk8s"),
         default="twin",
-        help="twin (embedded, default) or testbed (a running `make testbed`, real time)",
+        help="twin (embedded, default), testbed (a running `make testbed`, real time) or "
+        "microk8s (the deployed chart on the GPU box, real time)",
     )
     p.add_argument("--testbed", default="ecrl", help="testbed cluster name (--backend testbed)")
 
@@ -149,6 +154,17 @@ def _run_comparison(args: argparse.Namespace) -> int:
         backend = (
             "testbed (real Kubernetes 1.33 control plane and HPA, kwok GPU nodes, emulated "
             "Triton data plane from the twin's profile, real Locust; runs are not seeded)"
+        )
+    elif args.backend == "microk8s":
+        ran = run_microk8s(args, cfg, shapes, slo_p95_s * args.data_plane_time_scale)
+        if ran is None:
+            print("dry run: every command printed above; nothing ran, nothing measured")
+            return 0
+        cfg, kpis, series = ran
+        slo_p95_s *= args.data_plane_time_scale
+        backend = (
+            f"microk8s (the chart's modes switched by Helm on {args.release}/{args.namespace}; "
+            "Triton on the GPU, real Locust, the cluster's Prometheus; runs are not seeded)"
         )
     else:
         kpis, series = run_experiment(
@@ -254,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_experiment_args(exp, "results/experiment")
+    add_microk8s_args(exp)
     exp.set_defaults(func=_run_comparison)
     tr = sub.add_parser(
         "train",

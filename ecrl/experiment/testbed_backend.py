@@ -62,7 +62,11 @@ class TestbedEndpoints:
     metrics_url: str = "http://127.0.0.1:8002"
     namespace: str = "default"
     emulator_time_scale: float = 4.0
-    """The emulator's ``--time-scale``: service times, and so the SLO, are this much longer."""
+    """The emulator's ``--time-scale``: service times, and so the SLO, are this much longer
+    (1 on a real box)."""
+    dcgm_selector: str = 'emulated="true"'
+    """Label matchers of the DCGM series (the emulator's carry ``emulated="true"``; '' on a
+    real box, where dcgm-exporter's are the only ones)."""
 
     def slo(self, slo_p95_s: float) -> float:
         """The cluster's SLO in emulated time (a p95 that meets it on the box meets this)."""
@@ -173,8 +177,9 @@ def _range(prom_url: str, promql: str, start: float, end: float) -> pd.Series:
     )
 
 
-def cluster_queries(ns: str) -> dict[str, str]:
-    """Per-second cluster columns of the series and the PromQL that reads each."""
+def cluster_queries(ns: str, dcgm: str = 'emulated="true"') -> dict[str, str]:
+    """Per-second cluster columns of the series and the PromQL that reads each (``dcgm``: the
+    DCGM series' label matchers)."""
     dep = f'namespace="{ns}",deployment="{DEPLOYMENT}"'
     pods = f'namespace="{ns}",pod=~"{POD_RE}"'
     return {
@@ -187,7 +192,7 @@ def cluster_queries(ns: str) -> dict[str, str]:
             " * on (pod) group_left max by (pod)"
             f' (kube_pod_status_phase{{{pods},phase="Running"}}))'
         ),
-        "gpu_util_ratio": 'avg(DCGM_FI_DEV_GPU_UTIL{emulated="true"}) / 100',
+        "gpu_util_ratio": f"avg(DCGM_FI_DEV_GPU_UTIL{{{dcgm}}}) / 100",
         "cpu_util_ratio": (
             f"sum(rate(container_cpu_usage_seconds_total{{{pods}}}[30s]))"
             f' / sum(kube_pod_container_resource_requests{{{pods},resource="cpu"}})'
@@ -196,7 +201,7 @@ def cluster_queries(ns: str) -> dict[str, str]:
             f"sum(container_memory_working_set_bytes{{{pods}}})"
             f' / sum(kube_pod_container_resource_requests{{{pods},resource="memory"}})'
         ),
-        "vram_used_bytes": 'sum(DCGM_FI_DEV_FB_USED{emulated="true"}) * 1048576',
+        "vram_used_bytes": f"sum(DCGM_FI_DEV_FB_USED{{{dcgm}}}) * 1048576",
         "cpu_request_cores": f'avg(kube_pod_container_resource_requests{{{pods},resource="cpu"}})',
         "memory_request_bytes": (
             f'avg(kube_pod_container_resource_requests{{{pods},resource="memory"}})'
@@ -289,7 +294,7 @@ def run_one_testbed(
     if mode != "rl":
         reset(tb, ep, mode)
         _wait_scraped(ep, time.time())  # the series starts from the reset state
-        return _drive(mode, shape, ep, out_dir, slo_p95_s, seed, repeat)
+        return drive_run(mode, shape, ep, out_dir, slo_p95_s, seed, repeat)
     if services is None:
         raise ValueError("rl mode needs the services (policy server, collector) running")
     try:
@@ -297,13 +302,13 @@ def run_one_testbed(
         reset(tb, ep, mode)
         _wait_scraped(ep, time.time())
         services.start_actuator(out_dir / "audit" / f"{shape.name}-{mode}-{repeat}.jsonl")
-        return _drive(mode, shape, ep, out_dir, slo_p95_s, seed, repeat)
+        return drive_run(mode, shape, ep, out_dir, slo_p95_s, seed, repeat)
     finally:
         services.stop(ACTUATOR)
         services.stop(EXTENDER)
 
 
-def _drive(
+def drive_run(
     mode: str,
     shape: LoadShape,
     ep: TestbedEndpoints,
@@ -331,12 +336,28 @@ def _drive(
     _wait_scraped(ep, end)
     duration = math.ceil(shape.duration_s)
     cluster = {
-        col: _range(ep.prom_url, q, start, end) for col, q in cluster_queries(ep.namespace).items()
+        col: _range(ep.prom_url, q, start, end)
+        for col, q in cluster_queries(ep.namespace, ep.dcgm_selector).items()
     }
     requests = res.requests if res.requests is not None else pd.DataFrame()
     series, hist = build_series(requests, res.history, cluster, sampler.samples, start, duration)
     kpis = compute_kpis(series, hist, HIST_EDGES_S, ep.slo(slo_p95_s))
     return RunResult(mode, shape.name, repeat, seed, series, hist, kpis, [])
+
+
+def interleaved(
+    cfg: ExperimentConfig, shapes: list[LoadShape]
+) -> list[tuple[str, LoadShape, int, int]]:
+    """(mode, shape, seed, repeat) in the order real-time runs go: every mode once per repeat,
+    the order reversed on odd repeats (A B, B A, …) so drift over the session (warming, other
+    load on the machine) does not always favour the mode that runs first."""
+    tasks = []
+    for si, shape in enumerate(shapes):
+        scaled = shape.scaled(cfg.time_scale) if cfg.time_scale != 1.0 else shape
+        for rep in range(cfg.repeats):
+            modes = cfg.modes if rep % 2 == 0 else tuple(reversed(cfg.modes))
+            tasks.extend((mode, scaled, run_seed(cfg.seed, si, rep), rep) for mode in modes)
+    return tasks
 
 
 def services_for(tb: Testbed, ep: TestbedEndpoints, slo_p95_s: float) -> Services:
@@ -373,11 +394,7 @@ def run_experiment_testbed(
     check_modes(cfg.modes)
     raw = out_dir / "locust"
     raw.mkdir(parents=True, exist_ok=True)
-    tasks = []
-    for si, shape in enumerate(shapes):
-        scaled = shape.scaled(cfg.time_scale) if cfg.time_scale != 1.0 else shape
-        for rep in range(cfg.repeats):
-            tasks.extend((mode, scaled, run_seed(cfg.seed, si, rep), rep) for mode in cfg.modes)
+    tasks = interleaved(cfg, shapes)
     total_s = sum(t[1].duration_s for t in tasks)
     bar = tqdm(total=round(total_s), desc="testbed runs", unit="s", disable=not progress)
     results = []
@@ -396,6 +413,11 @@ def run_experiment_testbed(
         bar.close()
         if services is not None:
             services.stop_all()
+    return frames(results)
+
+
+def frames(results: list[RunResult]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(KPIs, one row per run; long per-second series) of real-time runs, as the twin's."""
     kpis = pd.DataFrame(
         [
             {"mode": r.mode, "profile": r.shape, "repeat": r.repeat, "seed": r.seed, **r.kpis}
