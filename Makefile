@@ -73,8 +73,8 @@ lint: $(VENV)/.dev-stamp ## ruff lint + format check
 fmt: $(VENV)/.dev-stamp ## format and autofix
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
-bench: $(VENV)/.dev-stamp ## benchmarks: twin env-steps/s, demo wall time (figures go to BENCHMARKS.md)
-	$(PY) -m ecrl.bench
+bench: $(VENV)/.dev-stamp testbed-build proto ## benchmarks: twin, demo wall time, services (Decide, /prioritize, collector tick) (figures go to BENCHMARKS.md)
+	ECRL_CACHE=$(ECRL_CACHE) $(PY) -m ecrl.bench
 
 train: $(VENV)/.dev-stamp ## train the PPO scaling policy and the placement scorer on the twin (≈ 10 min on 2 cores), install both under ecrl/models/
 	$(VENV)/bin/ecrl train --out runs/train --install ecrl/models/rl-policy.onnx

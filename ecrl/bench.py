@@ -1,4 +1,5 @@
-"""``make bench``: twin speed (vectorized env-steps/s), emulator fidelity and the demo's wall time.
+"""``make bench``: twin speed (vectorized env-steps/s), emulator fidelity, the demo's wall time and
+the services' latencies (policy Decide, extender /prioritize, collector tick; ecrl.bench_services).
 
 Prints percentiles over repeated trials and the ratio to each target, so a regression is a
 number, not a feeling. Figures and the command go into BENCHMARKS.md by hand after a run.
@@ -102,11 +103,24 @@ def bench_demo() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m ecrl.bench", description=__doc__)
-    parser.add_argument("--skip-demo", action="store_true", help="only the twin micro-benchmark")
+    parser.add_argument("--skip-demo", action="store_true", help="everything but the demo")
+    parser.add_argument(
+        "--skip-services",
+        action="store_true",
+        help="skip the services (policy server, scheduler extender, collector on the testbed)",
+    )
+    parser.add_argument(
+        "--only-services", action="store_true", help="only the services' benchmarks"
+    )
     args = parser.parse_args()
     print(
         f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}"
     )
+    if args.only_services:
+        from ecrl.bench_services import run
+
+        run()
+        return
     for n in (1, 256, 4096):
         rates = bench_twin(n, steps=100 if n > 1 else 300)
         ratio = np.median(rates) / TWIN_TARGET_STEPS_S
@@ -123,6 +137,10 @@ def main() -> None:
             f"emulator {r['emulator_ms']:.0f} ms, twin {r['twin_ms']:.0f} ms  "
             f"(×{r['ratio']:.2f})"
         )
+    if not args.skip_services:
+        from ecrl.bench_services import run
+
+        run()
     if not args.skip_demo:
         wall = bench_demo()
         print(f"\ndemo wall time: {wall:.1f} s  (×{wall / DEMO_TARGET_S:.2f} of the 300 s budget)")

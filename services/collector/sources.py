@@ -2,6 +2,18 @@
 
 Both have bounded timeouts and no retries inside a tick (the next tick is the retry); a failure
 becomes a missing input, counted by the caller, never an exception in the tick loop.
+
+One tick is **two** Prometheus requests on one keep-alive session, not one per query: every
+instant query and its freshness query are tagged with :data:`QUERY_LABEL` / :data:`PART_LABEL`
+(``label_replace``) and joined by ``or`` into one expression (:func:`union_promql`), which
+Prometheus evaluates at the one evaluation time; :func:`split_union` takes the answer apart
+by the tags into exactly the per-query results of separate requests. The tags make every
+operand's label sets distinct, so ``or`` keeps every series. The range selector
+(``generation_history``) is the second request, sent at the same time. When Prometheus refuses
+the union (a query failing at run time, e.g. a many-to-many match, fails the whole
+expression), the tick falls back to one request per query so that only the failing input is
+missing, as before; when Prometheus is unreachable, slow or answers garbage, every query of
+the union gets that error.
 """
 
 from __future__ import annotations
@@ -49,6 +61,53 @@ def _number(raw: Any) -> float:
     return float(raw)
 
 
+QUERY_LABEL = "ecrl_query"
+"""Label naming the query a series of the union answers."""
+PART_LABEL = "ecrl_part"
+"""Label saying whether a series of the union is a value or a sample time."""
+VALUE_PART, TIME_PART = "value", "time"
+UNION_FALLBACK_STATUSES = frozenset({400, 422})
+"""Prometheus' ``bad_data`` and ``execution`` errors: the expression itself was refused."""
+
+
+def _tag(promql: str, name: str, part: str) -> str:
+    # label_replace with an empty source label and regex adds a constant label to every series
+    inner = f'label_replace({promql}, "{QUERY_LABEL}", "{name}", "", "")'
+    return f'label_replace({inner}, "{PART_LABEL}", "{part}", "", "")'
+
+
+def union_promql(queries: Sequence[Query]) -> str:
+    """One PromQL expression answering every instant query and its freshness query at once."""
+    parts = []
+    for q in queries:
+        if q.freshness is None:
+            raise ValueError(f"{q.name}: a range selector cannot join an instant-vector union")
+        parts += [_tag(q.promql, q.name, VALUE_PART), _tag(q.freshness, q.name, TIME_PART)]
+    return " or ".join(parts)
+
+
+def split_union(queries: Sequence[Query], rows: list[dict]) -> dict[str, list[Sample]]:
+    """The answer of :func:`union_promql` → per query, what :func:`join` makes of the answers
+    of its two separate requests (the tag labels removed)."""
+    values: dict[str, list[dict]] = {q.name: [] for q in queries}
+    times: dict[str, list[dict]] = {q.name: [] for q in queries}
+    for row in rows:
+        metric = dict(row["metric"])
+        name = metric.pop(QUERY_LABEL)
+        part = metric.pop(PART_LABEL)
+        if part == VALUE_PART:
+            values[name].append({**row, "metric": metric})
+        elif part == TIME_PART:
+            times[name].append({**row, "metric": metric})
+        else:
+            raise ValueError(f"unknown {PART_LABEL} {part!r}")
+    return {q.name: join(q, values[q.name], times[q.name]) for q in queries}
+
+
+class UnionRefused(SourceError):
+    """Prometheus refused the union expression itself (400/422): ask query by query."""
+
+
 def join(query: Query, values: list[dict], times: list[dict] | None) -> list[Sample]:
     """Value series joined with their sample times by the query's ``by`` labels.
 
@@ -76,20 +135,27 @@ def join(query: Query, values: list[dict], times: list[dict] | None) -> list[Sam
 
 
 class PrometheusSource:
-    """Runs the queries of one tick at one evaluation time, a few at once."""
+    """Runs the queries of one tick at one evaluation time: one union request for the instant
+    queries and one per range selector, at once, over one keep-alive session."""
 
     def __init__(self, url: str, timeout_s: float, workers: int = 4) -> None:
         from prometheus_api_client import PrometheusConnect
 
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
         # no retries: a slow or dead Prometheus must not stretch the tick past its period
-        self.client = PrometheusConnect(url, retry=Retry(total=0), timeout=timeout_s)
+        self.client = PrometheusConnect(
+            self.url, retry=Retry(total=0), timeout=timeout_s, session=self.session
+        )
         self.timeout_s = timeout_s
         self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="promql")
 
+    def _params(self, eval_time_s: float) -> dict[str, str]:
+        return {"time": f"{eval_time_s:.3f}", "timeout": f"{self.timeout_s:g}s"}
+
     def _query(self, promql: str, eval_time_s: float) -> list[dict]:
-        params = {"time": f"{eval_time_s:.3f}", "timeout": f"{self.timeout_s:g}s"}
         try:
-            return self.client.custom_query(promql, params=params)
+            return self.client.custom_query(promql, params=self._params(eval_time_s))
         except PrometheusApiClientException as exc:
             raise SourceError(f"Prometheus refused the query: {str(exc)[:300]}") from exc
         except requests.RequestException as exc:
@@ -105,21 +171,54 @@ class PrometheusSource:
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise SourceError(f"unexpected result shape: {exc}") from exc
 
+    def _union(self, queries: Sequence[Query], eval_time_s: float) -> dict[str, list[Sample]]:
+        """Every instant query in one POST (form body: the expression is ~10 kB)."""
+        data = {"query": union_promql(queries), **self._params(eval_time_s)}
+        try:
+            resp = self.session.post(f"{self.url}/api/v1/query", data=data, timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise SourceError(f"Prometheus unreachable: {type(exc).__name__}") from exc
+        if resp.status_code != 200:
+            error = SourceError if resp.status_code not in UNION_FALLBACK_STATUSES else UnionRefused
+            raise error(
+                f"Prometheus refused the query: HTTP Status Code {resp.status_code} "
+                f"({resp.content[:300]!r})"
+            )
+        try:
+            return split_union(queries, resp.json()["data"]["result"])
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise SourceError(f"unexpected result shape: {exc}") from exc
+
     def fetch(self, queries: Sequence[Query], eval_time_s: float) -> Fetched:
         """Every query evaluated at ``eval_time_s`` (one consistent snapshot)."""
-        jobs = {q.name: self._pool.submit(self._one, q, eval_time_s) for q in queries}
-        results: dict[str, list[Sample]] = {}
+        instant = [q for q in queries if q.freshness is not None]
+        union = self._pool.submit(self._union, instant, eval_time_s) if instant else None
+        jobs = {
+            q.name: self._pool.submit(self._one, q, eval_time_s)
+            for q in queries
+            if q.freshness is None
+        }
+        found: dict[str, list[Sample]] = {}
         errors: dict[str, str] = {}
+        if union is not None:
+            try:
+                found.update(union.result())
+            except UnionRefused:  # a query fails at run time: one request each isolates it
+                jobs.update({q.name: self._pool.submit(self._one, q, eval_time_s) for q in instant})
+            except SourceError as exc:
+                errors.update({q.name: str(exc) for q in instant})
         for name, job in jobs.items():
             try:
-                results[name] = job.result()
+                found[name] = job.result()
             except SourceError as exc:
                 errors[name] = str(exc)
-        return Fetched(results, errors)
+        results = {q.name: found[q.name] for q in queries if q.name in found}
+        return Fetched(results, {q.name: errors[q.name] for q in queries if q.name in errors})
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
+        self.session.close()
 
 
 # ------------------------------------------------------------------------------ Triton

@@ -1,0 +1,598 @@
+"""The services' benchmarks (issue 5): Decide over gRPC, the extender's /prioritize, the
+collector tick.
+
+Each ``bench_*`` function starts the real component(s) on free loopback ports — the policy
+server and the extender as their own processes through their command lines, the collector
+in-process against a real Prometheus that scrapes the testbed — measures, stops them and
+returns its figures; :func:`run` prints them with the ratio to each target. The extender and
+collector need the testbed (``make testbed-build``); without it they say so and print no
+figure. Every testbed process belongs to the cluster :data:`CLUSTER`, torn down at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.client import HTTPConnection
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = "ecrl-bench"
+"""The only testbed cluster these benchmarks start (and always remove)."""
+
+DECIDE_P99_MS = 1.5
+"""Issue 5: policy ``Decide`` over gRPC on loopback, p99 ≤ 1.5 ms ..."""
+DECIDE_RATE = 1500.0
+"""... and ≥ 1500 decisions/s."""
+PRIORITIZE_P99_MS = 3.0
+"""Issue 5: the extender's ``/prioritize`` for 100 nodes, p99 ≤ 3 ms."""
+TICK_MS = 50.0
+"""Issue 5: one collector tick (every PromQL query + Triton's config → state) ≤ 50 ms."""
+EXTENDER_NODES = 100
+TESTBED_BINARIES = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
+    "kwokctl",
+    "metrics-server",
+    "kube-state-metrics",
+)
+
+
+class Skipped(Exception):
+    """A benchmark could not run here; the message says why and what to do."""
+
+
+# ------------------------------------------------------------------------ pure helpers
+@dataclass(frozen=True)
+class Latency:
+    """Percentiles of one series of timings, in milliseconds."""
+
+    p50_ms: float
+    p99_ms: float
+    n: int
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Latency:
+        if not len(seconds):
+            raise ValueError("no timings")
+        p50, p99 = np.percentile(np.asarray(seconds, dtype=float) * 1e3, [50, 99])
+        return cls(float(p50), float(p99), len(seconds))
+
+    @classmethod
+    def median_of(cls, trials: Sequence[Latency]) -> Latency:
+        """Median over trials of each percentile (a noisy trial does not decide alone)."""
+        return cls(
+            statistics.median(t.p50_ms for t in trials),
+            statistics.median(t.p99_ms for t in trials),
+            sum(t.n for t in trials),
+        )
+
+
+def verdict(value: float, target: float, higher_is_better: bool = False) -> str:
+    """``×0.41 of target, meets`` — the measured value over the target, and whether it meets."""
+    ratio = value / target
+    meets = ratio >= 1.0 if higher_is_better else ratio <= 1.0
+    return f"×{ratio:.2f} of target, {'meets' if meets else 'MISSES'}"
+
+
+def latency_line(what: str, lat: Latency, p99_target_ms: float | None = None) -> str:
+    """One printed line: p50, p99 (and its ratio to the target) and the sample count."""
+    line = f"{what}: p50 {lat.p50_ms:.2f} ms  p99 {lat.p99_ms:.2f} ms  (n={lat.n:,})"
+    if p99_target_ms is not None:
+        line += f"  p99 {verdict(lat.p99_ms, p99_target_ms)} (≤ {p99_target_ms:g} ms)"
+    return line
+
+
+def missing_testbed(cache: Path, k8s_version: str) -> str | None:
+    """Why the testbed cannot start here (None: it can), without building anything."""
+    from ecrl.testbed import monitoring
+
+    bin_dir = cache / "testbed" / f"k8s-v{k8s_version}" / "bin"
+    lacking = [b for b in TESTBED_BINARIES if not (bin_dir / b).exists()]
+    if shutil.which("etcd") is None and not Path("/usr/bin/etcd").exists():
+        lacking.append("etcd")
+    if monitoring.prometheus_binary() is None:
+        lacking.append("prometheus")
+    if not lacking:
+        return None
+    return f"testbed binaries missing ({', '.join(lacking)}): run make testbed-build"
+
+
+def node_manifests(n: int) -> dict:
+    """A v1 List of ``n`` kwok GPU nodes like the reference box, of varied sizes."""
+    import yaml
+
+    box = yaml.safe_load((REPO / "deploy" / "testbed" / "nodes-reference-box.yaml").read_text())
+    items = []
+    for i in range(n):
+        node = json.loads(json.dumps(box))
+        name = f"bench-gpu-{i:03d}"
+        node["metadata"]["name"] = name
+        node["metadata"]["labels"]["kubernetes.io/hostname"] = name
+        node["metadata"]["annotations"]["metrics.k8s.io/resource-metrics-path"] = (
+            f"/metrics/nodes/{name}/metrics/resource"
+        )
+        res = {
+            "cpu": str(8 + i % 9),
+            "memory": f"{16 + 2 * (i % 8)}Gi",
+            "nvidia.com/gpu": str(1 + i % 4),
+            "pods": "110",
+        }
+        node["metadata"]["labels"]["nvidia.com/gpu.replicas"] = res["nvidia.com/gpu"]
+        node["status"]["allocatable"] = res
+        node["status"]["capacity"] = dict(res)
+        del node["status"]["nodeInfo"]  # kwok fills it; a List is validated strictly
+        items.append(node)
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def gpu_pod(name: str = "bench-pod") -> dict:
+    """A pending pod asking for one time-sliced GPU slot, as the scheduler sends it."""
+    limits = {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "uid": f"uid-{name}",
+            "labels": {"app.kubernetes.io/name": "mobilenetv4-triton"},
+        },
+        "spec": {
+            "nodeName": "",
+            "containers": [{"name": "triton", "resources": {"limits": limits, "requests": limits}}],
+        },
+        "status": {"phase": "Pending"},
+    }
+
+
+# ------------------------------------------------------------------------ processes
+def _start(name: str, argv: list[str]):
+    from ecrl.testbed import procs
+
+    return procs.start(CLUSTER, name, argv, cwd=REPO)
+
+
+def _stop(name: str) -> None:
+    from ecrl.testbed import procs
+
+    procs.stop(CLUSTER, name)
+
+
+@contextmanager
+def policy_server(port: int, log_level: str = "warning") -> Iterator[str]:
+    """``python -m services.policy_server`` with the packaged policy and scorer."""
+    from services.policy_server.client import PolicyClient
+
+    target = f"127.0.0.1:{port}"
+    proc = _start(
+        "policy-server",
+        [
+            sys.executable,
+            "-m",
+            "services.policy_server",
+            "--listen",
+            target,
+            "--metrics-listen",
+            "",
+            "--reload-interval",
+            "0",
+            "--log-level",
+            log_level,
+        ],
+    )
+    try:
+        with PolicyClient(target, timeout_s=1.0) as client:
+            deadline = time.monotonic() + 60
+            while not client.serving():
+                if not proc.alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"policy server did not start:\n{proc.log_tail()}")
+                time.sleep(0.2)
+        yield target
+    finally:
+        _stop("policy-server")
+
+
+# ------------------------------------------------------------------------ Decide
+def _twin_state() -> tuple[list[float], list[bool]]:
+    """A real state and envelope mask: the reference box after a minute of load."""
+    from ecrl.envelope import EnvelopeConfig, action_masks
+    from ecrl.experiment.runner import resolve_profile
+    from ecrl.schema import encode
+    from ecrl.twin.observe import observation
+    from ecrl.twin.spec import ClusterSpec
+    from ecrl.twin.twin import Twin
+
+    cluster = ClusterSpec()
+    tw = Twin(cluster, resolve_profile(cluster.profile), seed=0)
+    for _ in range(60):
+        tw.step(80.0)
+    obs = observation(tw)
+    state = encode(obs)
+    return [float(v) for v in state], [bool(m) for m in action_masks(obs, EnvelopeConfig())]
+
+
+def _timed(call: Callable[[], object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _decide_worker(target: str, duration_s: float, barrier, results) -> None:
+    """One client process: warm up, wait for the others, decide in a loop for ``duration_s``."""
+    from services.policy_server.client import PolicyClient
+
+    state, mask = _twin_state()
+    with PolicyClient(target, timeout_s=2.0) as client:
+        for _ in range(200):
+            client.decide(state, mask)
+        barrier.wait(timeout=120)
+        count, end = 0, time.perf_counter() + duration_s
+        while time.perf_counter() < end:
+            client.decide(state, mask)
+            count += 1
+    results.put(count)
+
+
+def _rate_processes(target: str, processes: int, duration_s: float) -> float:
+    ctx = multiprocessing.get_context("spawn")  # no fork after gRPC started threads
+    barrier = ctx.Barrier(processes + 1)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_decide_worker, args=(target, duration_s, barrier, results))
+        for _ in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        barrier.wait(timeout=120)
+        total = sum(results.get(timeout=duration_s + 60) for _ in workers)
+    finally:
+        for w in workers:
+            w.join(timeout=10)
+            if w.is_alive():
+                w.terminate()
+    return total / duration_s
+
+
+def _rate_threads(client, state, mask, threads: int, duration_s: float) -> float:
+    counts = [0] * threads
+    start = threading.Barrier(threads + 1)
+
+    def loop(i: int) -> None:
+        start.wait()
+        end = time.perf_counter() + duration_s
+        while time.perf_counter() < end:
+            client.decide(state, mask)
+            counts[i] += 1
+
+    pool = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    start.wait()
+    for t in pool:
+        t.join()
+    return sum(counts) / duration_s
+
+
+@dataclass(frozen=True)
+class DecideFigures:
+    client: Latency
+    """Sequential, through :class:`services.policy_server.client.PolicyClient`."""
+    raw_stub: Latency
+    """Sequential, the generated stub with one prebuilt request (no client conversion)."""
+    rate_threads: float
+    threads: int
+    rate_processes: float
+    processes: int
+
+
+def bench_decide(
+    calls: int = 3000,
+    trials: int = 3,
+    threads: int = 4,
+    processes: int = 2,
+    duration_s: float = 3.0,
+) -> DecideFigures:
+    """The policy server as its own process, the packaged ONNX policy, a twin state."""
+    from ecrl.schema import SCHEMA_HASH, SCHEMA_VERSION
+    from ecrl.testbed.procs import free_port
+    from ecrl.v1 import policy_pb2, state_pb2
+    from services.policy_server.client import PolicyClient
+
+    state, mask = _twin_state()
+    with policy_server(free_port()) as target, PolicyClient(target, timeout_s=2.0) as client:
+        for _ in range(500):
+            client.decide(state, mask)
+        seq = [Latency.of(_timed(lambda: client.decide(state, mask), calls)) for _ in range(trials)]
+        request = policy_pb2.DecideRequest(
+            state=state_pb2.StateVector(
+                schema_version=SCHEMA_VERSION, schema_hash=SCHEMA_HASH, values=state
+            ),
+            action_mask=mask,
+        )
+        raw = [
+            Latency.of(_timed(lambda: client.stub.Decide(request, timeout=2.0), calls))
+            for _ in range(trials)
+        ]
+        by_threads = [
+            _rate_threads(client, state, mask, threads, duration_s) for _ in range(trials)
+        ]
+        by_procs = [_rate_processes(target, processes, duration_s) for _ in range(trials)]
+    return DecideFigures(
+        Latency.median_of(seq),
+        Latency.median_of(raw),
+        statistics.median(by_threads),
+        threads,
+        statistics.median(by_procs),
+        processes,
+    )
+
+
+# ------------------------------------------------------------------------ testbed
+@contextmanager
+def testbed() -> Iterator:
+    """The cluster :data:`CLUSTER` (reference box), always removed afterwards."""
+    from ecrl.testbed import cluster
+    from ecrl.testbed.procs import free_port
+
+    why = missing_testbed(cluster.CACHE, cluster.K8S_VERSION)
+    if why is not None:
+        raise Skipped(why)
+    try:
+        # the scheduler's extender URL points at a port nobody serves (ignorable: true), so
+        # the benchmarked extender only answers the benchmark
+        yield cluster.up(name=CLUSTER, extender_url=f"http://127.0.0.1:{free_port()}")
+    finally:
+        cluster.down(CLUSTER)
+
+
+@dataclass(frozen=True)
+class TickFigures:
+    tick: Latency
+    ticks_with_state: int
+    missing_inputs: tuple[str, ...]
+    requests_per_tick: int
+
+
+def bench_collector(tb, ticks: int = 60, trials: int = 3, gap_s: float = 0.2) -> TickFigures:
+    """Collector ticks in-process against the testbed's real Prometheus, which scrapes real
+    kube-state-metrics, kwok's kubelet metrics and the emulator's Triton and DCGM series of the
+    baseline Deployment (2 replicas); the model config is read from the emulator's Triton."""
+    from ecrl.filesd import write_sd
+    from ecrl.testbed import dataplane, monitoring, procs
+    from ecrl.testbed.procs import free_port
+    from services.collector.collector import Collector
+    from services.collector.config import CollectorConfig
+    from services.collector.sources import PrometheusSource, TritonSource
+
+    sd = monitoring.sd_dir(tb.name)
+    for job in ("triton", "dcgm"):
+        write_sd(sd, job, [])
+    mon = monitoring.up(
+        tb, prom_port=free_port(), ksm_port=free_port(), ksm_telemetry_port=free_port()
+    )
+    plane = None
+    source = None
+    baseline = REPO / "deploy" / "baseline" / "mobilenetv4-triton.yaml"
+    try:
+        plane = dataplane.start_emulator(
+            tb, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+        )
+        tb.kubectl("apply", "-f", str(baseline))
+        tb.kubectl("delete", "hpa", "mobilenetv4-triton", "--ignore-not-found")
+        tb.kubectl("scale", "deployment", "mobilenetv4-triton", "--replicas=2")
+        plane.wait_pods(2, timeout_s=90)
+        cfg = CollectorConfig(
+            prometheus_url=mon.prom_url,
+            triton_url=plane.http_url,
+            grpc_listen=None,
+            http_listen=None,
+        )
+        source = PrometheusSource(cfg.prometheus_url, cfg.query_timeout_s, cfg.query_workers)
+        triton = TritonSource(cfg.triton_url, cfg.model, cfg.query_timeout_s)
+        collector = Collector(cfg, source, triton.read)
+        quiet = logging.getLogger("ecrl.collector")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # "tick stale" while the targets are being found
+        # wait until every target is scraped and the rates have two samples each
+        deadline = time.monotonic() + 120
+        while True:
+            result = collector.tick()
+            if result.state is not None and "request_rate_rps" not in result.state.missing_inputs:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no complete state within 120 s: {result}")
+            time.sleep(1.0)
+        quiet.setLevel(level)
+        lats, with_state, missing = [], 0, set()
+        for _ in range(trials):
+            durations = []
+            for _ in range(ticks):
+                time.sleep(gap_s)
+                result = collector.tick()
+                durations.append(result.duration_s)
+                if result.state is not None:
+                    with_state += 1
+                    missing.update(m.split("@", 1)[0] for m in result.state.missing_inputs)
+            lats.append(Latency.of(durations))
+        ranges = sum(q.freshness is None for q in collector.queries)
+        return TickFigures(Latency.median_of(lats), with_state, tuple(sorted(missing)), 1 + ranges)
+    finally:
+        if source is not None:
+            source.close()
+        if plane is not None:
+            procs.stop(tb.name, "emulator")
+        monitoring.down(tb.name)
+        tb.kubectl("delete", "deployment", "mobilenetv4-triton", "--ignore-not-found", check=False)
+
+
+@dataclass(frozen=True)
+class ExtenderFigures:
+    scorer: str
+    prioritize: Latency
+    filter: Latency
+    nodes: int
+    fail_open: float
+
+
+def _post(conn: HTTPConnection, path: str, body: bytes) -> bytes:
+    conn.request("POST", path, body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200:
+        raise RuntimeError(f"{path}: HTTP {resp.status}: {data[:300]!r}")
+    return data
+
+
+def _metric(url: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def add_nodes(tb, n: int) -> list[str]:
+    """Register ``n`` more kwok GPU nodes; returns their names once kwok has made them Ready."""
+    doc = node_manifests(n)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(doc, fh)
+    try:
+        tb.kubectl("apply", "-f", fh.name)
+    finally:
+        os.unlink(fh.name)
+    names = [item["metadata"]["name"] for item in doc["items"]]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        out = json.loads(tb.kubectl("get", "nodes", "-o", "json"))
+        ready = {
+            i["metadata"]["name"]
+            for i in out["items"]
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in i.get("status", {}).get("conditions", [])
+            )
+        }
+        if set(names) <= ready:
+            return names
+        time.sleep(1.0)
+    raise RuntimeError(f"{n} kwok nodes not Ready within 120 s")
+
+
+def bench_extender(
+    tb, names: list[str], policy_target: str | None, requests: int = 2000, trials: int = 3
+) -> ExtenderFigures:
+    """``python -m services.scheduler_extender`` (gunicorn, defaults: 1 worker, 4 threads, log
+    level info) against the testbed's apiserver; sequential POSTs over one keep-alive
+    connection, like kube-scheduler's HTTP client."""
+    from ecrl.testbed import procs
+    from ecrl.testbed.procs import free_port
+
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "services.scheduler_extender",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--kubeconfig",
+        str(tb.kubeconfig),
+    ]
+    if policy_target is not None:
+        argv += ["--policy-server", policy_target]
+    proc = _start("extender", argv)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_http(proc, f"{url}/readyz", timeout_s=60)
+        body = json.dumps({"Pod": gpu_pod(), "Nodes": None, "NodeNames": names}).encode()
+        conn = HTTPConnection("127.0.0.1", port, timeout=10)
+        scores = json.loads(_post(conn, "/prioritize", body))
+        if len(scores) != len(names) or len({s["Score"] for s in scores}) < 2:
+            raise RuntimeError(f"/prioritize did not score the nodes: {scores[:5]}")
+        for _ in range(300):
+            _post(conn, "/prioritize", body)
+            _post(conn, "/filter", body)
+        prio, filt = [], []
+        for _ in range(trials):
+            prio.append(Latency.of(_timed(lambda: _post(conn, "/prioritize", body), requests)))
+            filt.append(Latency.of(_timed(lambda: _post(conn, "/filter", body), requests)))
+        conn.close()
+        fail_open = _metric(url, "ecrl_extender_fail_open_total")
+        return ExtenderFigures(
+            "policy server" if policy_target else "local",
+            Latency.median_of(prio),
+            Latency.median_of(filt),
+            len(names),
+            fail_open,
+        )
+    finally:
+        _stop("extender")
+
+
+# ------------------------------------------------------------------------ report
+def run(out: Callable[[str], None] = print) -> None:
+    """Every service benchmark, printed; a skipped one says why and prints no figure."""
+    from ecrl.testbed.procs import free_port
+
+    out("\nservices (issue 5 targets), loopback, this machine:")
+    d = bench_decide()
+    out(latency_line("  policy Decide, gRPC, PolicyClient, sequential", d.client, DECIDE_P99_MS))
+    out(latency_line("  policy Decide, gRPC, raw stub, prebuilt request", d.raw_stub))
+    out(
+        f"  policy Decide throughput, {d.threads} threads × one PolicyClient: "
+        f"{d.rate_threads:,.0f} decisions/s  (≥ {DECIDE_RATE:,.0f}: "
+        f"{verdict(d.rate_threads, DECIDE_RATE, higher_is_better=True)})"
+    )
+    out(
+        f"  policy Decide throughput, {d.processes} client processes: "
+        f"{d.rate_processes:,.0f} decisions/s  (≥ {DECIDE_RATE:,.0f}: "
+        f"{verdict(d.rate_processes, DECIDE_RATE, higher_is_better=True)})"
+    )
+    try:
+        with testbed() as tb:
+            t = bench_collector(tb)
+            out(latency_line("  collector tick, real Prometheus + Triton config", t.tick, TICK_MS))
+            out(
+                f"    p50 {verdict(t.tick.p50_ms, TICK_MS)}; {t.requests_per_tick} PromQL "
+                f"requests per tick; {t.ticks_with_state}/{t.tick.n} ticks made a state; "
+                f"missing inputs: {', '.join(t.missing_inputs) or 'none'}"
+            )
+            names = ["box", *add_nodes(tb, EXTENDER_NODES - 1)]
+            e = bench_extender(tb, names, None)
+            _extender_lines(out, e)
+            with policy_server(free_port()) as target:
+                _extender_lines(out, bench_extender(tb, names, target))
+    except Skipped as exc:
+        out(f"  extender and collector benchmarks skipped: {exc}")
+
+
+def _extender_lines(out: Callable[[str], None], e: ExtenderFigures) -> None:
+    what = f"  extender /prioritize, {e.nodes} nodes, {e.scorer} scoring"
+    out(latency_line(what, e.prioritize, PRIORITIZE_P99_MS))
+    out(latency_line(f"  extender /filter, {e.nodes} nodes", e.filter))
+    if e.fail_open:
+        out(f"    WARNING: {e.fail_open:.0f} requests failed open (figures not of real work)")
