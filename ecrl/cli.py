@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_DEMO,
     )
     _add_experiment_args(demo, "results/demo")
+    add_microk8s_args(demo)
     demo.set_defaults(func=_run_comparison)
     exp = sub.add_parser(
         "experiment",
