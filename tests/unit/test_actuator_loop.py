@@ -92,6 +92,7 @@ class FakeApplier:
     def __init__(self, live_replicas: int | None = None) -> None:
         self.live_replicas = live_replicas
         self.applied: list[Action] = []
+        self.maintained = 0
 
     def current_replicas(self) -> int | None:
         return self.live_replicas
@@ -99,6 +100,10 @@ class FakeApplier:
     def apply(self, obs: Observation, action: Action) -> list[OpResult]:
         self.applied.append(action)
         return [OpResult("replicas", "ok", f"spec.replicas={action.desired_replicas}")]
+
+    def maintain(self) -> list[OpResult]:
+        self.maintained += 1
+        return []
 
 
 class FakeLeader:
@@ -223,7 +228,7 @@ def test_shadow_mode_decides_and_audits_but_applies_nothing(tmp_path: Path) -> N
     )
     rec = act.tick()
     audit.close()
-    assert applier.applied == [] and rec.ops == ()
+    assert applier.applied == [] and rec.ops == () and applier.maintained == 0
     assert rec.clamped_action is not None and rec.clamped_action.desired_replicas == 3
     line = json.loads((tmp_path / "audit.jsonl").read_text())
     assert line["shadow"] is True and "shadow: not applied" in line["reason"]
@@ -285,6 +290,7 @@ def test_observation_with_an_unknown_field_is_refused() -> None:
         (["--min-replicas", "5", "--max-replicas", "2"], "--min-replicas"),
         (["--lease-renew", "10"], "--lease-renew"),
         (["--collector-url", "127.0.0.1:9102"], "--collector-url"),
+        (["--triton-pod-port", "70000"], "--triton-pod-port"),
     ],
 )
 def test_bad_flag_is_a_one_line_error_naming_it(argv, flag, capsys) -> None:
@@ -310,3 +316,13 @@ def test_a_resize_is_not_stacked_before_the_state_shows_the_previous_one() -> No
     assert second.clamp_reasons == ("cpu_request_cores: waiting for the change to 1.5 to show",)
     assert third.clamped_action is not None and third.clamped_action.cpu_request_cores == 2.0
     assert [a.cpu_request_cores for a in applier.applied] == [1.5, 2.0]
+
+
+def test_the_leader_converges_every_tick_even_when_it_holds() -> None:
+    applier = FakeApplier()
+    act = actuator(FakeState(snapshot(busy_observation(), age_s=60.0)), FakePolicy(), applier)
+    assert [act.tick().outcome for _ in range(2)] == ["hold", "hold"]
+    assert applier.maintained == 2
+    follower = FakeApplier()
+    actuator(FakeState(snapshot(busy_observation())), FakePolicy(), follower, FakeLeader(False))
+    assert follower.maintained == 0

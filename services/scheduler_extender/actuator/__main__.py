@@ -67,6 +67,14 @@ def build_parser() -> _Parser:
         help=f"Decide deadline; slower is a fallback tick (default {d.policy_timeout_s})",
     )
     add("--triton-url", default=d.triton_url, help="Triton HTTP, for load-with-config")
+    add(
+        "--triton-pod-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="real cluster: load-with-config on every ready pod at <pod IP>:PORT and keep new "
+        "pods on it (default: one load at --triton-url, enough for the testbed emulator)",
+    )
     add("--period", type=float, default=d.period_s, metavar="S", help="seconds between ticks")
     add(
         "--hold-ticks",
@@ -114,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> ActuatorConfig:
         policy_server=args.policy_server,
         policy_timeout_s=args.policy_timeout,
         triton_url=args.triton_url,
+        triton_pod_port=args.triton_pod_port,
         period_s=args.period,
         hold_ticks=args.hold_ticks,
         max_state_age_s=args.max_state_age,
@@ -147,7 +156,7 @@ def run(cfg: ActuatorConfig, api, stop: threading.Event) -> None:
 
     from services.policy_server.client import PolicyClient
 
-    from .apply import KubeApplier, TritonLoader
+    from .apply import KubeApplier, PodTritons, TritonLoader
     from .audit import AuditLog
     from .config import LEASE_DURATION_S
     from .leader import LeaseElector
@@ -170,6 +179,10 @@ def run(cfg: ActuatorConfig, api, stop: threading.Event) -> None:
     )
     audit = AuditLog(cfg.audit_log) if cfg.audit_log is not None else None
     policy = PolicyClient(cfg.policy_server, cfg.policy_timeout_s)
+    applier = KubeApplier(api, cfg.namespace, cfg.deployment, TritonLoader(cfg.triton_url).load)
+    if cfg.triton_pod_port is not None:
+        pods = PodTritons(applier.ready_pods, cfg.triton_pod_port)
+        applier.triton, applier.upkeep = pods.load, pods.maintain
     actuator = Actuator(
         TickSettings(
             min_replicas=cfg.min_replicas,
@@ -180,7 +193,7 @@ def run(cfg: ActuatorConfig, api, stop: threading.Event) -> None:
         ),
         HttpStateSource(cfg.collector_url),
         policy,
-        KubeApplier(api, cfg.namespace, cfg.deployment, TritonLoader(cfg.triton_url).load),
+        applier,
         elector,
         audit,
         metrics,

@@ -5,9 +5,12 @@
   pod; when the API refuses it (older cluster, infeasible, a memory-limit decrease) the
   Deployment's pod template is patched instead — a rolling update;
 - Triton ``max_batch_size`` / ``max_queue_delay_microseconds`` / instance count: the model
-  repository's load-with-config (``POST /v2/repository/models/<m>/load``). On the testbed the
-  emulator reloads every pod when no ``x-ecrl-pod`` header is sent; on the GPU box point
-  ``--triton-url`` at the Service (one pod) or run it per pod.
+  repository's load-with-config (``POST /v2/repository/models/<m>/load``). A load sent to a
+  Service reaches one pod, and a new or restarted pod starts from the repository's
+  ``config.pbtxt``: on the GPU box (``--triton-pod-port``) :class:`PodTritons` loads every ready
+  pod by its IP and, every tick, reloads any pod whose config is not the target (new replicas,
+  restarts). On the testbed the emulator's Service endpoint stands for the repository (a load
+  there reaches every pod and the pods it starts), so one load at ``--triton-url`` suffices.
 
 Every operation returns an :class:`~.loop.OpResult`; no failure escapes to the loop.
 """
@@ -110,6 +113,97 @@ class TritonLoader:
             client.close()
 
 
+def config_matches(current: dict, target: dict) -> bool:
+    """Triton's model config (``GET /v2/models/<m>/config``) has the target's settings."""
+    try:
+        instances = sum(int(g.get("count", 1)) for g in current.get("instance_group", []))
+        delay = int(current.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0))
+        return (
+            int(current["max_batch_size"]) == target["max_batch_size"]
+            and delay == target["dynamic_batching"]["max_queue_delay_microseconds"]
+            and instances == sum(g["count"] for g in target["instance_group"])
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+class PodTritons:
+    """Every ready Triton pod on the target config, by pod IP (the real cluster).
+
+    ``load`` sets the target and loads it on every ready pod; ``maintain`` (each tick) reads
+    each ready pod's config and reloads those that differ — a replica the actuator just added
+    or a restarted container starts from the repository's ``config.pbtxt``.
+    """
+
+    def __init__(
+        self,
+        ready_pods: Callable[[], list[tuple[str, str]]],
+        port: int,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.ready_pods = ready_pods
+        """(name, pod IP) of the Deployment's ready pods."""
+        self.port = port
+        self.timeout_s = timeout_s
+        self.target: dict | None = None
+
+    def _client(self, ip: str):
+        import tritonclient.http as th
+
+        host = f"[{ip}]:{self.port}" if ":" in ip else f"{ip}:{self.port}"
+        return th.InferenceServerClient(
+            host, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+        )
+
+    def load(self, config: dict) -> None:
+        """Load ``config`` on every ready pod; raises naming the pods that failed."""
+        self.target = config
+        pods = self.ready_pods()
+        if not pods:
+            raise RuntimeError("no ready Triton pod to load the config on")
+        failed = [f"{name}: {err}" for name, err in self._load_all(pods) if err]
+        if failed:
+            raise RuntimeError(f"load-with-config failed on {len(failed)} pod(s): {failed}")
+
+    def _load_all(self, pods: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        out = []
+        for name, ip in pods:
+            client = self._client(ip)
+            try:
+                client.load_model(MODEL_NAME, config=json.dumps(self.target))
+                out.append((name, ""))
+            except Exception as exc:  # tritonclient, gevent and socket errors
+                out.append((name, " ".join(str(exc).split())[:200]))
+            finally:
+                client.close()
+        return out
+
+    def maintain(self) -> list[OpResult]:
+        """Reload the ready pods whose config is not the target; one result per reload."""
+        if self.target is None:
+            return []
+        try:
+            pods = self.ready_pods()
+        except Exception as exc:  # the API is down: nothing to converge this tick
+            return [OpResult("triton_config", "error", f"cannot list pods: {_why(exc)}")]
+        drifted = []
+        for name, ip in pods:
+            client = self._client(ip)
+            try:
+                current = client.get_model_config(MODEL_NAME)
+            except Exception:  # a pod still loading, or unreachable: try to load it
+                current = {}
+            finally:
+                client.close()
+            if not config_matches(current, self.target):
+                drifted.append((name, ip))
+        target = json.dumps(self.target, separators=(",", ":"))
+        return [
+            OpResult("triton_config", "error" if err else "ok", f"{name}: {err or target}")
+            for name, err in self._load_all(drifted)
+        ]
+
+
 class KubeApplier:
     """:class:`~.loop.Applier` over the Kubernetes API (an ApiClient) and a Triton loader."""
 
@@ -119,6 +213,7 @@ class KubeApplier:
         namespace: str,
         deployment: str,
         triton: Callable[[dict], None] | None,
+        upkeep: Callable[[], list[OpResult]] | None = None,
     ) -> None:
         from kubernetes import client
 
@@ -127,6 +222,31 @@ class KubeApplier:
         self.namespace = namespace
         self.deployment = deployment
         self.triton = triton
+        """Load-with-config of a target model config (raises on failure)."""
+        self.upkeep = upkeep
+        """Every-tick convergence (:meth:`PodTritons.maintain`), if any."""
+
+    def maintain(self) -> list[OpResult]:
+        """Every-tick upkeep (Triton config on new/restarted pods); [] when there is none."""
+        return self.upkeep() if self.upkeep is not None else []
+
+    def ready_pods(self) -> list[tuple[str, str]]:
+        """(name, IP) of the Deployment's Ready pods (its selector's ``matchLabels``)."""
+        dep = self.apps.read_namespaced_deployment(
+            self.deployment, self.namespace, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        labels = dep.spec.selector.match_labels or {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        pods = self.core.list_namespaced_pod(
+            self.namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_S
+        ).items
+        return [
+            (p.metadata.name, p.status.pod_ip)
+            for p in pods
+            if p.metadata.deletion_timestamp is None
+            and p.status.pod_ip
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        ]
 
     def current_replicas(self) -> int | None:
         try:

@@ -33,6 +33,10 @@ class ActuatorConfig:
     """Deadline of one Decide call; a slower answer is a fallback tick."""
     triton_url: str = "http://127.0.0.1:8000"
     """Triton (or the emulator's) HTTP endpoint for model-control load-with-config."""
+    triton_pod_port: int | None = None
+    """Set on a real cluster: load every ready pod at ``http://<pod IP>:<port>`` and keep new
+    and restarted pods on the target config (a Service reaches one pod). None: one load at
+    ``triton_url`` (the testbed emulator, whose endpoint stands for the model repository)."""
     period_s: float = 5.0
     """Seconds between ticks (DESIGN.md default)."""
     hold_ticks: int = 2
@@ -71,6 +75,8 @@ class ActuatorConfig:
             raise bad("--policy-server", f"{self.policy_server!r} is not HOST:PORT")
         if not self.triton_url.startswith(("http://", "https://")):
             raise bad("--triton-url", f"{self.triton_url!r} is not an http(s) URL")
+        if self.triton_pod_port is not None and not 1 <= self.triton_pod_port <= 65535:
+            raise bad("--triton-pod-port", f"must be in 1..65535, got {self.triton_pod_port}")
         if not (positive(self.period_s) and 0.2 <= self.period_s <= 3600):
             raise bad("--period", f"must be in 0.2..3600 s, got {self.period_s}")
         if not (positive(self.policy_timeout_s) and self.policy_timeout_s < self.period_s):

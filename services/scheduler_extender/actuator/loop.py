@@ -71,6 +71,10 @@ class Applier(Protocol):
         """Carry out every non-None setting of ``action``; errors come back as results."""
         ...
 
+    def maintain(self) -> list[OpResult]:
+        """Every leader tick (not in shadow): converge what drifted; errors as results."""
+        ...
+
 
 class Leadership(Protocol):
     @property
@@ -208,6 +212,8 @@ class Actuator:
             reason="not the Lease holder: deciding nothing",
         )
         record = self._decide_and_apply(base) if leader else base
+        if leader and not self.settings.shadow:
+            record = replace(record, ops=record.ops + tuple(self.applier.maintain()))
         record = replace(record, duration_s=self.timer() - start)
         self._account(record)
         return record
