@@ -11,9 +11,11 @@ ECRL_CACHE ?= $(HOME)/.cache/ecrl
 export UV_CACHE_DIR ?= $(HOME)/.cache/uv
 
 .PHONY: help demo test test-unit lint fmt bench train testbed testbed-build testbed-down loadtest proto proto-lint calibrate clean venv venv-dev
+.PHONY: images deploy undeploy experiment-microk8s deploy-lint
+.PHONY: helm chart-lint
 
 help: ## list targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n",$$1,$$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n",$$1,$$2}'
 
 $(UV):
 	python3 -m pip install --quiet --user uv==0.13.9 || python3 -m pip install --quiet uv==0.13.9
@@ -59,7 +61,24 @@ proto-lint: $(BUF) ## buf lint (STANDARD rules) and buf format check of proto/
 	$(BUF) lint
 	$(BUF) format --diff --exit-code proto
 
-test: $(VENV)/.dev-stamp testbed-build proto proto-lint ## lint, then the whole test suite (unit, integration, e2e on the testbed)
+# Helm, built once from the Go module proxy (no release tarballs here), cached per version.
+HELM_VERSION := v3.19.0
+HELM := $(ECRL_CACHE)/helm-$(HELM_VERSION)/helm
+CHART := deploy/helm/ecrl
+
+$(HELM):
+	HELM_VERSION=$(HELM_VERSION) ECRL_CACHE=$(ECRL_CACHE) bash deploy/tools/install-helm.sh >/dev/null
+
+helm: $(HELM) ## build Helm from the Go module proxy once (~3 min cold on two cores, cached in ~/.cache/ecrl)
+
+chart-lint: $(HELM) ## helm lint --strict and helm template of deploy/helm/ecrl in both modes (values.schema.json, fail checks)
+	@for mode in baseline rl; do \
+	  $(HELM) lint --strict $(CHART) --set mode=$$mode && \
+	  $(HELM) template ecrl $(CHART) --namespace ecrl --set mode=$$mode --set loadtest.enabled=true >/dev/null && \
+	  echo "chart-lint: mode=$$mode rendered" || exit 1; \
+	done
+
+test: $(VENV)/.dev-stamp testbed-build proto proto-lint deploy-lint helm chart-lint ## lint, then the whole test suite (unit, integration, e2e on the testbed)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	ECRL_E2E=1 ECRL_CACHE=$(ECRL_CACHE) $(PY) -m pytest -q
@@ -100,6 +119,36 @@ loadtest: $(VENV)/.dev-stamp ## run Locust headless against the testbed's emulat
 
 calibrate: $(VENV)/.dev-stamp ## measure MobileNetV4-conv-small on this CPU (torch -> ONNX -> onnxruntime) and write a twin profile
 	$(VENV)/bin/ecrl calibrate local-cpu --out ecrl/profiles/local-cpu-mobilenetv4.yaml
+
+# The GPU box (MicroK8s): images, set-up and Helm release, the comparison there. DRY_RUN=1 makes
+# each of these print its commands (docker, microk8s, helm, ecrl) instead of running them.
+REGISTRY ?= localhost:32000
+# Empty: the scripts use `git describe --tags --always`, else the package version.
+TAG ?=
+MODE ?= rl
+MODES ?= hpa-cpu,rl
+SHAPES ?= step
+REPEATS ?= 5
+DRY_RUN ?=
+DRY_RUN_FLAG := $(if $(filter 1,$(DRY_RUN)),--dry-run)
+TAG_FLAG = $(if $(TAG),--tag $(TAG))
+
+images: ## build the four images and push them to the box's registry (REGISTRY, TAG; DRY_RUN=1 prints the commands)
+	bash deploy/docker/build-images.sh --registry $(REGISTRY) $(TAG_FLAG) $(DRY_RUN_FLAG)
+
+deploy: ## on the GPU box: MicroK8s addons, images, Helm release, GPU time-slicing (MODE=baseline|rl, TAG, DRY_RUN=1)
+	bash deploy/microk8s/install.sh --mode $(MODE) --registry $(REGISTRY) --build-images $(TAG_FLAG) $(DRY_RUN_FLAG)
+
+undeploy: ## remove the Helm release and its namespace from the box (UNDO_TIME_SLICING=1 also gives the GPU back whole)
+	bash deploy/microk8s/uninstall.sh $(if $(filter 1,$(UNDO_TIME_SLICING)),--undo-time-slicing) $(DRY_RUN_FLAG)
+
+experiment-microk8s: $(VENV)/.dev-stamp ## the comparison on the box (MODES, SHAPES, REPEATS; results/microk8s)
+	$(VENV)/bin/ecrl experiment --backend microk8s --modes $(MODES) --shapes $(SHAPES) --repeats $(REPEATS) --out $(or $(OUT),results/microk8s) $(DRY_RUN_FLAG)
+
+deploy-lint: | $(UV) ## shellcheck every shell script, hadolint every Dockerfile (both installed once)
+	bash deploy/testbed/install-debs.sh shellcheck
+	bash deploy/tools/lint-shell.sh
+	UV=$(UV) ECRL_CACHE=$(ECRL_CACHE) bash deploy/tools/lint-docker.sh
 
 clean: ## remove build outputs and results (keeps the cache in ~/.cache)
 	rm -rf $(VENV) results .pytest_cache .ruff_cache build *.egg-info

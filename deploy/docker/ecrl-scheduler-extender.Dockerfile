@@ -1,0 +1,48 @@
+# ecrl-scheduler-extender: the kube-scheduler extender (/filter, /prioritize, /bind, /metrics,
+# /healthz, /readyz on :8888, gunicorn) and, from the same image, the scaling actuator
+# (command: python -m services.scheduler_extender.actuator; metrics :9103).
+#
+# Built from the repository root by `make images` (context: the repo, filtered by .dockerignore):
+#   docker build -f deploy/docker/ecrl-scheduler-extender.Dockerfile -t ecrl-scheduler-extender .
+# Base image: an exact tag, the Python of requirements/*.lock (3.11); pin it by digest on the
+# box with --build-arg PYTHON_IMAGE=python:3.11.7-slim-bookworm@sha256:... if wanted.
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+WORKDIR /src
+COPY pyproject.toml requirements/dev.lock deploy/docker/requirements.py ./
+# Runtime dependencies: the core and the `services` extra only, at the versions of the lock the
+# tests ran with (the lock pins every extra, so it pins this whole closure), wheels only.
+RUN python requirements.py services > requirements.txt \
+    && python -m venv /opt/ecrl \
+    && /opt/ecrl/bin/pip install --no-cache-dir --only-binary=:all: -c dev.lock -r requirements.txt
+# `make proto`: grpcio-tools (the lock's version) in a build-only venv, code generated into ecrl/v1.
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --no-cache-dir --only-binary=:all: -c dev.lock grpcio-tools
+COPY proto/ proto/
+COPY ecrl/ /app/ecrl/
+COPY services/ /app/services/
+# Generate ecrl/v1, then byte-compile /app once here: the pod's root filesystem is read-only
+# (the chart's securityContext); unchecked-hash .pyc stay valid whatever mtimes COPY gives.
+RUN mkdir -p /app/ecrl/v1 && touch /app/ecrl/v1/__init__.py \
+    && /opt/build/bin/python -m grpc_tools.protoc -Iproto --python_out=/app --pyi_out=/app \
+        --grpc_python_out=/app proto/ecrl/v1/*.proto \
+    && /opt/ecrl/bin/python -m compileall -q --invalidation-mode unchecked-hash /app
+
+FROM ${PYTHON_IMAGE}
+RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin ecrl
+COPY --from=build /opt/ecrl /opt/ecrl
+COPY --from=build /app /app
+# ECRL_HEALTH_URL: what HEALTHCHECK probes; the actuator's container sets it to its metrics
+# endpoint (http://127.0.0.1:9103/metrics, the actuator has no /healthz).
+ENV PATH=/opt/ecrl/bin:$PATH PYTHONPATH=/app PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    ECRL_HEALTH_URL=http://127.0.0.1:8888/healthz
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8888 9103
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 CMD ["python", "-c", "import os, urllib.request as u; u.urlopen(os.environ['ECRL_HEALTH_URL'], timeout=3)"]
+ENTRYPOINT ["python", "-m", "services.scheduler_extender"]
+# The extender's listen address has no environment variable: arguments given to the container
+# replace this, so keep --listen 0.0.0.0:8888 in them.
+CMD ["--listen", "0.0.0.0:8888"]
