@@ -135,6 +135,14 @@ def reaction_time_s(series: pd.DataFrame, slo_p95_s: float, min_step_ratio: floa
     return float(np.mean(times))
 
 
+def mean_measured(values: pd.Series) -> float:
+    """Mean of the seconds that have a sample; NaN (missing, not 0) when none has one — a
+    backend without that metric, e.g. no DCGM exporter."""
+    v = values.to_numpy(float)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if len(v) else math.nan
+
+
 def compute_kpis(
     series: pd.DataFrame, latency_hist: np.ndarray, hist_edges_s: np.ndarray, slo_p95_s: float
 ) -> dict[str, float]:
@@ -156,9 +164,9 @@ def compute_kpis(
         "throughput_rps": served / duration_s if duration_s else math.nan,
         "success_ratio": served / (served + failed) if served + failed > 0 else math.nan,
         "slo_violation_ratio": float(viol.mean()) if duration_s else math.nan,
-        "gpu_util_ratio": float(np.nanmean(series["gpu_util_ratio"])),
-        "cpu_util_ratio": float(np.nanmean(series["cpu_util_ratio"])),
-        "memory_util_ratio": float(np.nanmean(series["memory_util_ratio"])),
+        "gpu_util_ratio": mean_measured(series["gpu_util_ratio"]),
+        "cpu_util_ratio": mean_measured(series["cpu_util_ratio"]),
+        "memory_util_ratio": mean_measured(series["memory_util_ratio"]),
         "gpu_replica_seconds": float(series["gpu_replicas"].sum()),
         "replicas_mean": float(series["replicas_ready"].mean()),
         "scaling_actions_per_hour": scaling_actions(series) / hours if hours else math.nan,

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 from ecrl.testbed import procs
 from ecrl.testbed.cluster import DEFAULT_NAME, Testbed, TestbedError, attach
@@ -73,8 +74,14 @@ def start_emulator(
     usage_interval_s: float = 5.0,
     extra_args: tuple[str, ...] = (),
     timeout_s: float = 30.0,
+    name: str = "emulator",
+    sd: Path | None = None,
 ) -> DataPlane:
-    """Start the emulator in cluster mode and wait until it answers on every port."""
+    """Start the emulator in cluster mode and wait until it answers on every port.
+
+    ``name`` is its process name under the testbed (a second emulator for another namespace
+    needs another); ``sd`` its file_sd folder (default: the one the testbed's Prometheus reads).
+    """
     argv = [
         sys.executable,
         "-m",
@@ -95,12 +102,12 @@ def start_emulator(
         "--metrics-port",
         str(metrics_port),
         "--sd-dir",
-        str(sd_dir(tb.name)),
+        str(sd or sd_dir(tb.name)),
         "--usage-interval",
         str(usage_interval_s),
         *extra_args,
     ]
-    proc = procs.start(tb.name, "emulator", argv)
+    proc = procs.start(tb.name, name, argv)
     metrics = f"http://127.0.0.1:{metrics_port}"
     procs.wait_http(proc, metrics + "/metrics", timeout_s)
     procs.wait_http(proc, f"http://127.0.0.1:{http_port}/v2/health/live", timeout_s)

@@ -378,3 +378,71 @@ def _rl_triton_pod_bound(tb: Testbed) -> bool:
         p["spec"].get("schedulerName") == SCHEDULER_NAME and p["spec"].get("nodeName") == "box"
         for p in pods.get("items", [])
     )
+
+
+def test_the_mode_comparison_runs_on_the_installed_chart(
+    cluster: Testbed, helm: Helm, monitoring, tmp_path: Path
+) -> None:
+    """``ecrl experiment --backend microk8s`` end to end against the chart on the testbed:
+    helm switches baseline ↔ rl, Locust drives the emulated Triton pods of the release, the
+    KPIs come from Locust's log and the testbed's Prometheus. Kwok runs no containers, so the
+    in-cluster services do not act here (that is ``--backend testbed``); the ecrl-scheduler
+    pod's part is played by the real kube-scheduler with the chart's config, and a second
+    emulator (own file_sd folder) serves the release's Triton pods."""
+    from ecrl.experiment.microk8s_backend import Microk8sTarget, Shell, run_experiment_microk8s
+    from ecrl.experiment.runner import ExperimentConfig
+    from ecrl.load.shapes import LoadShape
+    from ecrl.testbed.dataplane import start_emulator
+
+    plane = start_emulator(
+        cluster,
+        http_port=procs.free_port(),
+        grpc_port=procs.free_port(),
+        metrics_port=procs.free_port(),
+        namespace=NAMESPACE,
+        selector=f"app.kubernetes.io/component=triton,{INSTANCE}",
+        usage_interval_s=2.0,
+        name="emulator-chart",
+        sd=tmp_path / "sd",
+    )
+    kubeconfig = ("--kubeconfig", str(cluster.kubeconfig))
+    target = Microk8sTarget(
+        kubectl=(str(cluster.bin_dir / "kubectl"), *kubeconfig),
+        helm=(str(helm.binary), *kubeconfig),
+        release=RELEASE,
+        namespace=NAMESPACE,
+        prom_url=monitoring.prom_url,
+        triton_url=plane.http_url,
+        triton_grpc=plane.grpc_url,
+        helm_set=TESTBED_VALUES[1:],
+        warmup_s=5,
+        data_plane_time_scale=plane.time_scale,
+        dcgm_selector='emulated="true"',
+        helm_timeout="2m",
+    )
+    cfg = ExperimentConfig(modes=("hpa-cpu", "rl"), shapes=("mk8s",), repeats=1)
+    shape = LoadShape("mk8s", ((0, 4), (25, 4)))
+    scheduler, _ = _start_scheduler(
+        cluster, _scheduler_config(helm.template("--set", "mode=rl")), tmp_path
+    )
+    lines: list[str] = []
+    try:
+        kpis, series = run_experiment_microk8s(
+            cfg, [shape], target, tmp_path / "out", 0.15, Shell(echo=lines.append), False
+        )
+        assert _still_running(scheduler)
+        values = yaml.safe_load(helm("get", "values", RELEASE, "-n", NAMESPACE, "-o", "yaml"))
+        hpa_after = _get(cluster, "hpa", "mobilenetv4-triton", "-n", NAMESPACE)
+    finally:
+        helm("uninstall", RELEASE, "--namespace", NAMESPACE, check=False)
+        procs.stop(cluster.name, "chart-kube-scheduler")
+        procs.stop(cluster.name, "emulator-chart")
+        cluster.kubectl("delete", "lease", SCHEDULER_NAME, "-n", NAMESPACE, check=False)
+    switches = [x.split("--set mode=")[1].split()[0] for x in lines if " upgrade --install " in x]
+    assert switches == ["baseline", "rl"]
+    assert values["mode"] == "rl" and not hpa_after  # rl last: the HPA went with the switch
+    assert sorted(kpis["mode"]) == ["hpa-cpu", "rl"]
+    assert (kpis["throughput_rps"] > 1).all() and (kpis["success_ratio"] > 0.95).all()
+    for mode in ("hpa-cpu", "rl"):  # replicas of the release's Deployment, from kube-state-metrics
+        assert series[series["mode"] == mode]["replicas_ready"].notna().mean() > 0.5
+    print(f"\n{kpis[['mode', 'throughput_rps', 'latency_p95_s', 'replicas_mean']]}")
