@@ -11,6 +11,7 @@ figure. Every testbed process belongs to the cluster :data:`CLUSTER`, torn down 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import multiprocessing
@@ -40,6 +41,9 @@ DECIDE_RATE = 1500.0
 """... and ≥ 1500 decisions/s."""
 PRIORITIZE_P99_MS = 3.0
 """Issue 5: the extender's ``/prioritize`` for 100 nodes, p99 ≤ 3 ms."""
+DECIDE_IN_FLIGHT = 32
+"""Concurrent calls of the asyncio client (the primary throughput figure): one channel, like a
+controller or extender multiplexing its requests over one HTTP/2 connection."""
 TICK_MS = 50.0
 """Issue 5: one collector tick (every PromQL query + Triton's config → state) ≤ 50 ms."""
 EXTENDER_NODES = 100
@@ -97,6 +101,16 @@ def latency_line(what: str, lat: Latency, p99_target_ms: float | None = None) ->
     line = f"{what}: p50 {lat.p50_ms:.2f} ms  p99 {lat.p99_ms:.2f} ms  (n={lat.n:,})"
     if p99_target_ms is not None:
         line += f"  p99 {verdict(lat.p99_ms, p99_target_ms)} (≤ {p99_target_ms:g} ms)"
+    return line
+
+
+def rate_line(
+    what: str, rate: float, target: float | None = None, unit: str = "decisions/s"
+) -> str:
+    """One printed throughput line, with its ratio to the target when there is one."""
+    line = f"{what}: {rate:,.0f} {unit}"
+    if target is not None:
+        line += f"  (≥ {target:,.0f}: {verdict(rate, target, higher_is_better=True)})"
     return line
 
 
@@ -273,6 +287,40 @@ def _rate_processes(target: str, processes: int, duration_s: float) -> float:
     return total / duration_s
 
 
+async def _rate_aio(
+    target: str, state: list[float], mask: list[bool], in_flight: int, duration_s: float
+) -> float:
+    """Decisions/s of one ``grpc.aio`` channel with ``in_flight`` calls outstanding; each call
+    builds its request and converts the answer like :class:`PolicyClient` does."""
+    import grpc
+
+    from ecrl.v1 import policy_pb2_grpc
+    from services.policy_server import convert
+    from services.policy_server.results import Fallback
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = policy_pb2_grpc.PolicyServiceStub(channel)
+
+        async def decide():
+            response = await stub.Decide(convert.decide_request(state, mask), timeout=2.0)
+            return convert.decision_of(response)
+
+        for _ in range(200):
+            if (await decide()).fallback is not Fallback.NONE:
+                raise RuntimeError("the policy server answered from its fallback, not the policy")
+        count, end = 0, time.perf_counter() + duration_s
+
+        async def loop() -> None:
+            nonlocal count
+            while time.perf_counter() < end:
+                await decide()
+                count += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(in_flight)))
+        return count / (time.perf_counter() - start)
+
+
 def _rate_threads(client, state, mask, threads: int, duration_s: float) -> float:
     counts = [0] * threads
     start = threading.Barrier(threads + 1)
@@ -299,10 +347,41 @@ class DecideFigures:
     """Sequential, through :class:`services.policy_server.client.PolicyClient`."""
     raw_stub: Latency
     """Sequential, the generated stub with one prebuilt request (no client conversion)."""
+    rate_aio: float
+    """Primary throughput: one ``grpc.aio`` channel, :data:`DECIDE_IN_FLIGHT` calls in flight."""
+    in_flight: int
     rate_threads: float
     threads: int
     rate_processes: float
     processes: int
+    floor: Latency
+    """Sequential ``grpc.health.v1`` Check on the same server: an empty call, what Python
+    gRPC itself costs on this machine (a Decide cannot be faster)."""
+    floor_rate: float
+    """The same empty call's rate with the primary throughput method."""
+
+
+async def _rate_aio_floor(target: str, in_flight: int, duration_s: float) -> float:
+    """``grpc.health.v1`` Check calls/s with the same client method as :func:`_rate_aio`."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest()
+        for _ in range(200):
+            await stub.Check(request, timeout=2.0)
+        count, end = 0, time.perf_counter() + duration_s
+
+        async def loop() -> None:
+            nonlocal count
+            while time.perf_counter() < end:
+                await stub.Check(request, timeout=2.0)
+                count += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(in_flight)))
+        return count / (time.perf_counter() - start)
 
 
 def bench_decide(
@@ -311,6 +390,7 @@ def bench_decide(
     threads: int = 4,
     processes: int = 2,
     duration_s: float = 3.0,
+    in_flight: int = DECIDE_IN_FLIGHT,
 ) -> DecideFigures:
     """The policy server as its own process, the packaged ONNX policy, a twin state."""
     from ecrl.schema import SCHEMA_HASH, SCHEMA_VERSION
@@ -333,17 +413,35 @@ def bench_decide(
             Latency.of(_timed(lambda: client.stub.Decide(request, timeout=2.0), calls))
             for _ in range(trials)
         ]
+        by_aio = [
+            asyncio.run(_rate_aio(target, state, mask, in_flight, duration_s))
+            for _ in range(trials)
+        ]
         by_threads = [
             _rate_threads(client, state, mask, threads, duration_s) for _ in range(trials)
         ]
         by_procs = [_rate_processes(target, processes, duration_s) for _ in range(trials)]
+        from grpc_health.v1 import health_pb2
+
+        check = health_pb2.HealthCheckRequest()
+        floor = [
+            Latency.of(_timed(lambda: client.health.Check(check, timeout=2.0), calls))
+            for _ in range(trials)
+        ]
+        floor_rate = [
+            asyncio.run(_rate_aio_floor(target, in_flight, duration_s)) for _ in range(trials)
+        ]
     return DecideFigures(
         Latency.median_of(seq),
         Latency.median_of(raw),
+        statistics.median(by_aio),
+        in_flight,
         statistics.median(by_threads),
         threads,
         statistics.median(by_procs),
         processes,
+        Latency.median_of(floor),
+        statistics.median(floor_rate),
     )
 
 
@@ -559,19 +657,7 @@ def run(out: Callable[[str], None] = print) -> None:
     from ecrl.testbed.procs import free_port
 
     out("\nservices (issue 5 targets), loopback, this machine:")
-    d = bench_decide()
-    out(latency_line("  policy Decide, gRPC, PolicyClient, sequential", d.client, DECIDE_P99_MS))
-    out(latency_line("  policy Decide, gRPC, raw stub, prebuilt request", d.raw_stub))
-    out(
-        f"  policy Decide throughput, {d.threads} threads × one PolicyClient: "
-        f"{d.rate_threads:,.0f} decisions/s  (≥ {DECIDE_RATE:,.0f}: "
-        f"{verdict(d.rate_threads, DECIDE_RATE, higher_is_better=True)})"
-    )
-    out(
-        f"  policy Decide throughput, {d.processes} client processes: "
-        f"{d.rate_processes:,.0f} decisions/s  (≥ {DECIDE_RATE:,.0f}: "
-        f"{verdict(d.rate_processes, DECIDE_RATE, higher_is_better=True)})"
-    )
+    run_decide(out)
     try:
         with testbed() as tb:
             t = bench_collector(tb)
@@ -588,6 +674,23 @@ def run(out: Callable[[str], None] = print) -> None:
                 _extender_lines(out, bench_extender(tb, names, target))
     except Skipped as exc:
         out(f"  extender and collector benchmarks skipped: {exc}")
+
+
+def run_decide(out: Callable[[str], None] = print) -> None:
+    """The Decide lines of :func:`run` alone (no testbed needed):
+    ``python -c 'from ecrl.bench_services import run_decide; run_decide()'``."""
+    d = bench_decide()
+    out(latency_line("  policy Decide, gRPC, PolicyClient, sequential", d.client, DECIDE_P99_MS))
+    out(latency_line("  policy Decide, gRPC, raw stub, prebuilt request", d.raw_stub))
+    what = f"  policy Decide throughput, grpc.aio client, {d.in_flight} calls in flight"
+    out(rate_line(what, d.rate_aio, DECIDE_RATE))
+    what = f"    (secondary) {d.threads} threads × one PolicyClient"
+    out(rate_line(what, d.rate_threads))
+    out(rate_line(f"    (secondary) {d.processes} client processes", d.rate_processes))
+    what = "  gRPC floor: grpc.health.v1 Check (empty call) on the same server, sequential"
+    out(latency_line(what, d.floor, DECIDE_P99_MS))
+    what = f"  gRPC floor: the same, grpc.aio, {d.in_flight} in flight"
+    out(rate_line(what, d.floor_rate, unit="calls/s"))
 
 
 def _extender_lines(out: Callable[[str], None], e: ExtenderFigures) -> None:

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ecrl.errors import InvalidRequest, Permanent, Temporary
 from ecrl.placement import NODE_SCHEMA_VERSION, NodeState, PodRequest
 from ecrl.schema import SCHEMA_HASH, SCHEMA_VERSION
-from ecrl.v1 import policy_pb2, policy_pb2_grpc, state_pb2
+from ecrl.v1 import policy_pb2, policy_pb2_grpc
 
 from . import convert
 from .results import Decision, NodeScores, PolicyInfo
@@ -111,13 +111,7 @@ class PolicyClient:
         tick: int = 0,
     ) -> Decision:
         """One decision for an encoded state (``ecrl.schema.encode``); empty mask = all allowed."""
-        state = state_pb2.StateVector(
-            schema_version=schema_version,
-            schema_hash=schema_hash,
-            values=[float(v) for v in state_values],
-            tick=tick,
-        )
-        request = policy_pb2.DecideRequest(state=state, action_mask=[bool(m) for m in mask])
+        request = convert.decide_request(state_values, mask, schema_hash, schema_version, tick)
         try:
             response = self.stub.Decide(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ecrl.placement import NodeState, PodRequest
-from ecrl.v1 import policy_pb2
+from ecrl.schema import SCHEMA_HASH, SCHEMA_VERSION
+from ecrl.v1 import policy_pb2, state_pb2
 
 from .results import Decision, Fallback, NodeScores, PolicyInfo, StateInput
 
@@ -28,6 +29,23 @@ def fallback_from_proto(value: int) -> Fallback:
 
 
 # ----------------------------------------------------------------------------------- Decide
+def decide_request(
+    state_values: Sequence[float],
+    mask: Sequence[bool] = (),
+    schema_hash: str = SCHEMA_HASH,
+    schema_version: str = SCHEMA_VERSION,
+    tick: int = 0,
+) -> policy_pb2.DecideRequest:
+    """The request for an encoded state (``ecrl.schema.encode``); empty mask = all allowed."""
+    state = state_pb2.StateVector(
+        schema_version=schema_version,
+        schema_hash=schema_hash,
+        values=[float(v) for v in state_values],
+        tick=tick,
+    )
+    return policy_pb2.DecideRequest(state=state, action_mask=[bool(m) for m in mask])
+
+
 def state_input(request: policy_pb2.DecideRequest) -> StateInput:
     s = request.state
     return StateInput(s.schema_version, s.schema_hash, s.values)

@@ -8,6 +8,7 @@ base units, ``_total`` counters.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -77,6 +78,9 @@ class ServerMetrics:
         for component in COMPONENTS:
             for reason in FALLBACK_REASONS:
                 self.fallback.labels(component, reason).set(0)
+        self._per_call: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        """(rpc, outcome, code) → the bound histogram and counter children: ``labels()`` hashes
+        and locks on every call, a dictionary read does not (the label sets are few)."""
 
     def set_state(self, component: str, version: str, schema_hash: str, reason: str) -> None:
         """Publish what ``component`` serves now (``reason`` '' = the learned model)."""
@@ -88,8 +92,13 @@ class ServerMetrics:
 
     def observe(self, rpc: str, outcome: str, code: str, seconds: float) -> None:
         """One answered request."""
-        self.decision_seconds.labels(rpc, outcome).observe(seconds)
-        self.requests.labels(rpc, code).inc()
+        bound = self._per_call.get((rpc, outcome, code))
+        if bound is None:  # first of its kind; a racing thread binds the same children
+            bound = (self.decision_seconds.labels(rpc, outcome), self.requests.labels(rpc, code))
+            self._per_call[(rpc, outcome, code)] = bound
+        histogram, counter = bound
+        histogram.observe(seconds)
+        counter.inc()
 
 
 def _series_of(gauge: Gauge, component: str) -> Iterable[tuple[str, ...]]:

@@ -13,7 +13,7 @@ from typing import Generic, Protocol, TypeVar
 
 from services.scheduler_extender.cache import ClusterView
 from services.scheduler_extender.gpu import filter_nodes
-from services.scheduler_extender.scoring import NEUTRAL_PRIORITY, Scorer, prioritize
+from services.scheduler_extender.scoring import NEUTRAL_PRIORITY, Scorer, priority_scores
 from services.scheduler_extender.wire import (
     BindingArgs,
     ExtenderArgs,
@@ -71,12 +71,19 @@ class Extender:
 
     def prioritize(self, args: ExtenderArgs) -> Handled[list[HostPriority]]:
         """Scores 0–10 from the scorer; on any internal error neutral 0 for every node."""
-        neutral = [HostPriority(n, NEUTRAL_PRIORITY) for n in args.node_names]
+        handled = self.prioritize_scores(args)
+        scores = handled.result
+        priorities = [HostPriority(n, s) for n, s in zip(args.node_names, scores, strict=True)]
+        return Handled(priorities, handled.outcome, handled.reason)
+
+    def prioritize_scores(self, args: ExtenderArgs) -> Handled[list[int]]:
+        """:meth:`prioritize`'s scores alone, in ``args.node_names`` order (the HTTP path)."""
+        neutral = [NEUTRAL_PRIORITY] * len(args.node_names)
         if args.pod.gpu_slots <= 0:
             return Handled(neutral, PASSTHROUGH)
         try:
             snapshot = self.view.snapshot()
-            return Handled(prioritize(snapshot, args.pod, args.node_names, self.scorer), OK)
+            return Handled(priority_scores(snapshot, args.pod, args.node_names, self.scorer), OK)
         except Exception as exc:  # fail open: neutral scores, the default plugins decide
             return Handled(neutral, FAIL_OPEN, _why(exc))
 

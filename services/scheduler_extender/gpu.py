@@ -8,10 +8,15 @@ bound to the node that requests it. Pure functions of plain data: the cache buil
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import numpy as np
+
+from ecrl.errors import Temporary
 from ecrl.placement import NodeState, PodRequest
 from services.scheduler_extender.wire import GPU_RESOURCE, FilterResult, Pod
 
@@ -75,11 +80,14 @@ class ClusterSnapshot:
                 apps=apps,
                 pod_uids=frozenset(p.uid for p in bound if p.uid),
             )
-        return cls(
-            nodes={n.name: n for n in nodes},
-            usage=usage,
-            taken_at_s=taken_at_s,
-        )
+        snap = cls(nodes={n.name: n for n in nodes}, usage=usage, taken_at_s=taken_at_s)
+        _ = snap.table  # the per-node columns are built here (the cache thread), not per request
+        return snap
+
+    @cached_property
+    def table(self) -> NodeTable:
+        """Per-node columns for the request path (built once per snapshot)."""
+        return NodeTable(self)
 
     def node_usage(self, name: str, pod: Pod) -> NodeUsage:
         """Usage of node ``name`` without ``pod`` itself (if it is already counted there)."""
@@ -98,6 +106,96 @@ class ClusterSnapshot:
         return u
 
 
+_UNSET = object()
+MAX_STATE_MEMOS = 64
+"""Per-app NodeState memos kept per snapshot (a new snapshot every refresh starts empty)."""
+
+
+class NodeTable:
+    """A snapshot's nodes as rows: what every request needs, computed once per cluster list.
+
+    The request path then only gathers the candidates' rows. Everything here is derived from
+    the snapshot with the same arithmetic as :meth:`ClusterSnapshot.node_usage` and
+    :func:`node_state`; the one per-pod correction — the pod being scheduled already counted
+    on a node (``pod_uids``) — is applied per request to just those rows (:meth:`own_rows`).
+    """
+
+    def __init__(self, snapshot: ClusterSnapshot) -> None:
+        names = tuple(snapshot.nodes)
+        empty = NodeUsage()
+        nodes = [snapshot.nodes[n] for n in names]
+        usage = [snapshot.usage.get(n, empty) for n in names]
+        self.names = names
+        self.row: dict[str, int] = {n: i for i, n in enumerate(names)}
+        self.slots_total: list[int] = [n.gpu_slots_total for n in nodes]
+        self.slots_used: list[int] = [u.gpu_slots for u in usage]
+        self.cpu_alloc = np.array([n.cpu_allocatable_cores for n in nodes], dtype=np.float64)
+        self.mem_alloc = np.array([n.memory_allocatable_bytes for n in nodes], dtype=np.float64)
+        self.cpu_used = np.array([u.cpu_cores for u in usage], dtype=np.float64)
+        self.mem_used = np.array([u.memory_bytes for u in usage], dtype=np.float64)
+        self.scorable = (
+            (np.array(self.slots_total, dtype=np.float64) > 0)
+            & (self.cpu_alloc > 0)
+            & (self.mem_alloc > 0)
+        )
+        """Rows :func:`node_state` gives a state for (a GPU, CPU and memory)."""
+        uid_rows: dict[str, set[int]] = {}
+        for i, u in enumerate(usage):
+            for uid in u.pod_uids:
+                uid_rows.setdefault(uid, set()).add(i)
+        self._uid_rows = {uid: frozenset(r) for uid, r in uid_rows.items()}
+        self._states: dict[tuple[str, str] | None, list] = {}
+        self.scratch: dict[str, dict] = {}
+        """Per-snapshot memos of scorers (e.g. the policy server's request messages)."""
+
+    def rows(self, node_names: Sequence[str]) -> list[int]:
+        """Row of each candidate; Temporary names the ones this snapshot does not know."""
+        row = self.row
+        try:
+            return [row[n] for n in node_names]
+        except KeyError:
+            unknown = [n for n in node_names if n not in row]
+            raise Temporary(
+                f"nodes not in the cluster cache yet: {', '.join(unknown[:5])}"
+            ) from None
+
+    def own_rows(self, pod: Pod) -> frozenset[int]:
+        """Rows whose usage already counts ``pod`` (bound there in the snapshot)."""
+        return self._uid_rows.get(pod.uid, frozenset()) if pod.uid else frozenset()
+
+    def free_slots(self, i: int, pod: Pod, own: frozenset[int]) -> int:
+        used = self.slots_used[i] - pod.gpu_slots if i in own else self.slots_used[i]
+        return max(self.slots_total[i] - used, 0)
+
+    def node_states(
+        self, snapshot: ClusterSnapshot, node_names: Sequence[str], rows: Sequence[int], pod: Pod
+    ) -> list[NodeState | None]:
+        """:func:`node_state` of each candidate, memoized per (snapshot, pod app).
+
+        A state depends on the pod only through its app label (replicas) and, on the nodes
+        that already count it, its own requests: those few are computed afresh.
+        """
+        memo = self._states.get(pod.app)
+        if memo is None:
+            memo = [_UNSET] * len(self.names)
+            if len(self._states) < MAX_STATE_MEMOS:
+                self._states[pod.app] = memo
+        own = self.own_rows(pod)
+        anonymous: Pod | None = None
+        out: list[NodeState | None] = []
+        for i, name in zip(rows, node_names, strict=True):
+            if i in own:
+                out.append(node_state(snapshot, name, pod))
+                continue
+            state = memo[i]
+            if state is _UNSET:
+                if anonymous is None:  # the same pod minus its uid: nothing to subtract
+                    anonymous = dataclasses.replace(pod, uid="")
+                state = memo[i] = node_state(snapshot, name, anonymous)
+            out.append(state)
+        return out
+
+
 def free_slots(snapshot: ClusterSnapshot, name: str, pod: Pod) -> int:
     node = snapshot.nodes[name]
     return max(node.gpu_slots_total - snapshot.node_usage(name, pod).gpu_slots, 0)
@@ -113,20 +211,22 @@ def filter_nodes(snapshot: ClusterSnapshot, pod: Pod, node_names: Sequence[str])
     need = pod.gpu_slots
     if need <= 0:
         return FilterResult(tuple(node_names))
+    table = snapshot.table
+    row, totals, own = table.row, table.slots_total, table.own_rows(pod)
     passed, failed, unresolvable = [], {}, {}
     for name in node_names:
-        node = snapshot.nodes.get(name)
-        if node is None:
+        i = row.get(name)
+        if i is None:
             passed.append(name)
             continue
-        total = node.gpu_slots_total
+        total = totals[i]
         if total <= 0:
             unresolvable[name] = f"{GPU_RESOURCE}: {need} requested, node has no GPU"
         elif total < need:
             unresolvable[name] = (
                 f"{GPU_RESOURCE}: {need} requested, node has only {total} time-sliced slots"
             )
-        elif (free := free_slots(snapshot, name, pod)) < need:
+        elif (free := table.free_slots(i, pod, own)) < need:
             failed[name] = (
                 f"{GPU_RESOURCE}: {need} requested, {free} of {total} time-sliced slots free"
             )

@@ -18,6 +18,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from json.encoder import encode_basestring_ascii
 
 from ecrl.errors import InvalidRequest
 
@@ -166,20 +168,32 @@ def parse_quantity(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InvalidRequest(f"{where}: must be a quantity string, got {_kind(value)}")
     if isinstance(value, str):
-        m = _QUANTITY.match(value)
-        if m is None:
-            raise InvalidRequest(f"{where}: {value[:40]!r} is not a Kubernetes quantity")
-        number, suffix = m.group(1), m.group(2) or ""
-        try:
-            scale = Decimal(f"1{suffix}") if suffix[:1] in ("e", "E") else Decimal(_SUFFIX[suffix])
-            result = float(Decimal(number) * scale)
-        except (InvalidOperation, OverflowError):
-            raise InvalidRequest(f"{where}: {value[:40]!r} is out of range") from None
+        parsed = _quantity_memo(value) if len(value) <= 64 else _quantity_text(value)
+        if isinstance(parsed, str):  # why it is refused
+            raise InvalidRequest(f"{where}: {value[:40]!r} {parsed}")
+        result = parsed
     else:
         result = float(value)
     if not (math.isfinite(result) and 0 <= result <= MAX_QUANTITY):
         raise InvalidRequest(f"{where}: must be between 0 and {MAX_QUANTITY:g}, got {value!r}")
     return result
+
+
+def _quantity_text(value: str) -> float | str:
+    """The number a quantity string denotes, or why it is refused (a str)."""
+    m = _QUANTITY.match(value)
+    if m is None:
+        return "is not a Kubernetes quantity"
+    number, suffix = m.group(1), m.group(2) or ""
+    try:
+        scale = Decimal(f"1{suffix}") if suffix[:1] in ("e", "E") else Decimal(_SUFFIX[suffix])
+        return float(Decimal(number) * scale)
+    except (InvalidOperation, OverflowError):
+        return "is out of range"
+
+
+_quantity_memo = lru_cache(maxsize=4096)(_quantity_text)
+"""Pods and nodes repeat the same few short strings, and Decimal parsing is slow."""
 
 
 def _container_requests(c: object, where: str) -> dict[str, float]:
@@ -255,8 +269,9 @@ def _names(value: object, where: str) -> tuple[str, ...]:
     names = _list(value, where)
     if len(names) > MAX_NODE_NAMES:
         raise InvalidRequest(f"{where}: {len(names)} nodes, at most {MAX_NODE_NAMES}")
-    for i, n in enumerate(names):
-        _str(n, f"{where}[{i}]", required=True)
+    if not all(type(n) is str and n for n in names):  # the common case in one pass
+        for i, n in enumerate(names):
+            _str(n, f"{where}[{i}]", required=True)
     return tuple(names)
 
 
@@ -314,6 +329,19 @@ def filter_result_json(result: FilterResult, args: ExtenderArgs | None = None) -
 def priorities_json(priorities: Sequence[HostPriority]) -> list[dict]:
     """``HostPriorityList`` JSON."""
     return [{"Host": p.host, "Score": p.score} for p in priorities]
+
+
+def scores_json_text(node_names: Sequence[str], scores: Sequence[int]) -> str:
+    """``HostPriorityList`` JSON text from candidate names and their scores, in order.
+
+    What ``json.dumps(priorities_json(...))`` gives (compact), written directly: a third of
+    the time for 100 nodes, as ``/prioritize`` answers every scheduling cycle.
+    """
+    items = [
+        f'{{"Host":{encode_basestring_ascii(n)},"Score":{int(s)}}}'
+        for n, s in zip(node_names, scores, strict=True)
+    ]
+    return f"[{','.join(items)}]"
 
 
 def binding_result_json(error: str = "") -> dict:

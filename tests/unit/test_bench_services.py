@@ -12,6 +12,7 @@ from ecrl.bench_services import (
     latency_line,
     missing_testbed,
     node_manifests,
+    rate_line,
     verdict,
 )
 from services.scheduler_extender.cache import parse_node
@@ -55,6 +56,13 @@ def test_latency_line_prints_both_percentiles_and_the_p99_verdict() -> None:
     line = latency_line("x", Latency(0.5, 1.2, 3000), 1.5)
     assert line == "x: p50 0.50 ms  p99 1.20 ms  (n=3,000)  p99 ×0.80 of target, meets (≤ 1.5 ms)"
     assert "target" not in latency_line("x", Latency(0.5, 1.2, 3000))
+
+
+def test_rate_line_prints_the_rate_and_its_verdict_only_against_a_target() -> None:
+    assert (
+        rate_line("x", 1812.4, 1500.0) == "x: 1,812 decisions/s  (≥ 1,500: ×1.21 of target, meets)"
+    )
+    assert rate_line("x", 700.0) == "x: 700 decisions/s"
 
 
 def test_missing_testbed_names_what_lacks_and_the_make_target(tmp_path: Path) -> None:
