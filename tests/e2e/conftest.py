@@ -84,7 +84,8 @@ BASELINE = Path(__file__).resolve().parents[2] / "deploy" / "baseline" / "mobile
 @pytest.fixture
 def deployment(testbed: cluster.Testbed, dataplane: dp.DataPlane) -> Iterator:
     """Apply the baseline Deployment without its HPA at N replicas and its initial Triton
-    config; waits until the emulator serves them, and removes the Deployment (and waits for the emulator to let go) after."""
+    config; waits until the emulator serves them, and removes the Deployment (and waits for
+    the emulator to let go) after."""
 
     def apply(replicas: int) -> None:
         testbed.kubectl("apply", "-f", str(BASELINE))
@@ -99,3 +100,15 @@ def deployment(testbed: cluster.Testbed, dataplane: dp.DataPlane) -> Iterator:
     finally:
         testbed.kubectl("delete", "deployment", "mobilenetv4-triton", "--ignore-not-found")
         dataplane.wait_pods(0, timeout_s=60)
+
+
+@pytest.fixture
+def endpoints(dataplane: dp.DataPlane, monitoring: mon.Monitoring) -> TestbedEndpoints:
+    """Where the session's data plane and this module's Prometheus answer, for the backends."""
+    return TestbedEndpoints(
+        prom_url=monitoring.prom_url,
+        triton_http=dataplane.http_url,
+        triton_grpc=dataplane.grpc_url,
+        metrics_url=dataplane.metrics_url,
+        emulator_time_scale=dataplane.time_scale,
+    )

@@ -25,6 +25,7 @@ from ecrl.testbed import monitoring as mon
 from ecrl.testbed import procs
 from ecrl.testbed.cluster import Testbed
 from ecrl.testbed.dataplane import DataPlane
+from ecrl.testbed.faults import read_audit
 from services.policy_server.config import ServerConfig
 from services.policy_server.server import PolicyServer
 
@@ -69,12 +70,6 @@ def wait_until(what: str, probe: Callable[[], object], timeout_s: float, every_s
             return result
         time.sleep(every_s)
     raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
-
-
-def read_audit(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture

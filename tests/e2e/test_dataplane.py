@@ -43,9 +43,10 @@ def test_prometheus_has_the_emulators_triton_and_dcgm_series(
     for _ in range(20):
         client.infer(serving.MODEL_NAME, [inp])
     prom = monitoring.prom_url
-    # both pods got traffic through the emulated Service, and both were scraped
+    # both pods got traffic through the emulated Service, and every request was counted: a
+    # scrape taken while the 20 requests ran holds part of them, so wait for one taken after
     per_pod = 'sum by (pod) (nv_inference_request_success{emulated="true",namespace="default"})'
-    mon.wait_for_series(prom, f"count({per_pod} > 0) == 2", timeout_s=60)
+    mon.wait_for_series(prom, f"count({per_pod} > 0) == 2 and sum({per_pod}) == 20", 60)
     ok = mon.query(prom, per_pod)
     assert {r["metric"]["pod"] for r in ok} == set(pod_names(testbed))
     assert sum(float(r["value"][1]) for r in ok) == 20

@@ -11,22 +11,14 @@ import pytest
 
 from ecrl.experiment.report import write_report
 from ecrl.experiment.runner import ExperimentConfig
-from ecrl.experiment.testbed_backend import MANIFEST, TestbedEndpoints, run_experiment_testbed
+from ecrl.experiment.testbed_backend import MANIFEST, run_experiment_testbed
 from ecrl.load.shapes import LoadShape
 
 pytestmark = pytest.mark.e2e
 
 
-def test_a_short_baseline_run_on_the_testbed(
-    testbed, dataplane, monitoring, tmp_path: Path
-) -> None:
-    ep = TestbedEndpoints(
-        prom_url=monitoring.prom_url,
-        triton_http=dataplane.http_url,
-        triton_grpc=dataplane.grpc_url,
-        metrics_url=dataplane.metrics_url,
-        emulator_time_scale=dataplane.time_scale,
-    )
+def test_a_short_baseline_run_on_the_testbed(testbed, dataplane, endpoints, tmp_path: Path) -> None:
+    ep = endpoints
     # An earlier controller left another model config loaded: the run must not inherit it.
     import tritonclient.http as th
 

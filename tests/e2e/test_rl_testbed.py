@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ecrl.experiment.runner import ExperimentConfig
-from ecrl.experiment.testbed_backend import DEPLOYMENT, TestbedEndpoints, run_experiment_testbed
+from ecrl.experiment.testbed_backend import DEPLOYMENT, run_experiment_testbed
 from ecrl.load.shapes import LoadShape
 from ecrl.testbed import procs
 from ecrl.testbed.services import EXTENDER
@@ -30,15 +30,9 @@ def log_lines(path: Path) -> list[dict]:
 
 
 def test_rl_mode_runs_the_policy_through_the_services(
-    testbed, dataplane, monitoring, tmp_path: Path
+    testbed, dataplane, endpoints, tmp_path: Path
 ) -> None:
-    ep = TestbedEndpoints(
-        prom_url=monitoring.prom_url,
-        triton_http=dataplane.http_url,
-        triton_grpc=dataplane.grpc_url,
-        metrics_url=dataplane.metrics_url,
-        emulator_time_scale=dataplane.time_scale,
-    )
+    ep = endpoints
     shape = LoadShape("rl-step", ((0, 4), (20, 4), (20, 24), (75, 24)))
     cfg = ExperimentConfig(modes=("rl",), shapes=("rl-step",), repeats=1)
     try:

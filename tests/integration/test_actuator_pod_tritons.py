@@ -3,17 +3,15 @@ emulator speaking Triton's HTTP API — on two loopback addresses stand for two 
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+import contextlib
 from collections.abc import Iterator
 
 import pytest
 
 from ecrl import serving
+from ecrl.testbed.procs import free_port
 from services.scheduler_extender.actuator.apply import PodTritons, config_matches
+from tests.integration.standalone import standalone_emulator
 
 TARGET = {
     "max_batch_size": 16,
@@ -22,31 +20,15 @@ TARGET = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start(ip: str, port: int) -> contextlib.ExitStack:
+    """One "pod": the emulator's Triton API on ``ip:port`` until the stack is closed."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(standalone_emulator("--log-level", "warning", host=ip, http_port=port))
+    return stack
 
 
-def start(ip: str, port: int) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "ecrl.emulator", "standalone", "--host", ip]
-    argv += ["--http-port", str(port), "--grpc-port", str(free_port())]
-    argv += ["--metrics-port", str(free_port()), "--log-level", "warning"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://{ip}:{port}/v2/health/ready", timeout=1):
-                return proc
-        except OSError:
-            assert proc.poll() is None, "emulator exited"
-            assert time.monotonic() < deadline, "emulator not ready in 30 s"
-            time.sleep(0.1)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(timeout=15)
+def stop(pod: contextlib.ExitStack) -> None:
+    pod.close()
 
 
 def config(ip: str, port: int) -> dict:

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +21,7 @@ from ecrl.calibrate.predict import closed_loop
 from ecrl.emulator.fidelity import capacity_rps
 from ecrl.emulator.pod import TritonConfig
 from ecrl.twin.profile import Profile, builtin_profile_path, load_profile
+from tests.integration.standalone import standalone_emulator
 
 pytestmark = [
     pytest.mark.slow,
@@ -61,32 +58,10 @@ def known(tmp_path_factory) -> tuple[Profile, Path]:
 
 @pytest.fixture(scope="module")
 def emulator(known: tuple[Profile, Path]) -> Iterator[dict]:
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    cmd = [sys.executable, "-m", "ecrl.emulator", "standalone", "--pods", "1",
-           "--profile", str(known[1]), "--time-scale", str(TIME_SCALE),
-           "--cpu", str(CPU_LIMIT), "--http-port", str(ports["http"]),
-           "--grpc-port", str(ports["grpc"]), "--metrics-port", str(ports["metrics"]),
-           "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        url = f"http://127.0.0.1:{ports['http']}/v2/health/ready"
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "emulator did not become ready in 30 s"
-            time.sleep(0.1)
+    args = ("--pods", "1", "--profile", str(known[1]), "--time-scale", str(TIME_SCALE),
+            "--cpu", str(CPU_LIMIT), "--log-level", "warning")  # fmt: skip
+    with standalone_emulator(*args) as ports:
         yield ports
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 @pytest.fixture(scope="module")

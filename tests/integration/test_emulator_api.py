@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -25,6 +22,7 @@ from ecrl.emulator import http_api
 from ecrl.emulator.fleet import Fleet, GpuNodeSpec, PodSpec
 from ecrl.emulator.pod import TritonConfig
 from ecrl.twin.profile import builtin_profile_path, load_profile
+from tests.integration.standalone import standalone_emulator
 
 
 def free_port() -> int:
@@ -35,47 +33,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory) -> Iterator[dict]:
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     sd = tmp_path_factory.mktemp("sd")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ecrl.emulator",
-            "standalone",
-            "--pods",
-            "2",
-            "--http-port",
-            str(ports["http"]),
-            "--grpc-port",
-            str(ports["grpc"]),
-            "--metrics-port",
-            str(ports["metrics"]),
-            "--sd-dir",
-            str(sd),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    url = f"http://127.0.0.1:{ports['http']}/v2/health/ready"
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, "emulator did not become ready in 30 s"
-        time.sleep(0.1)
-    try:
+    with standalone_emulator("--pods", "2", "--sd-dir", str(sd)) as ports:
         yield {**ports, "sd": sd}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def image() -> np.ndarray:
