@@ -139,8 +139,8 @@ images: ## build the four images and push them to the box's registry (REGISTRY, 
 deploy: ## on the GPU box: MicroK8s addons, images, Helm release, GPU time-slicing (MODE=baseline|rl, TAG, DRY_RUN=1)
 	bash deploy/microk8s/install.sh --mode $(MODE) --registry $(REGISTRY) --build-images $(TAG_FLAG) $(DRY_RUN_FLAG)
 
-undeploy: ## remove the Helm release and its namespace from the box (UNDO_TIME_SLICING=1 also gives the GPU back whole)
-	bash deploy/microk8s/uninstall.sh $(if $(filter 1,$(UNDO_TIME_SLICING)),--undo-time-slicing) $(DRY_RUN_FLAG)
+undeploy: ## give the GPU back whole (time-slicing off), remove the Helm release and its namespace from the box
+	bash deploy/microk8s/uninstall.sh $(DRY_RUN_FLAG)
 
 experiment-microk8s: $(VENV)/.dev-stamp ## the comparison on the box (MODES, SHAPES, REPEATS; results/microk8s)
 	$(VENV)/bin/ecrl experiment --backend microk8s --modes $(MODES) --shapes $(SHAPES) --repeats $(REPEATS) --out $(or $(OUT),results/microk8s) $(DRY_RUN_FLAG)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Remove what deploy/microk8s/install.sh installed: the Helm release, its namespace and, with
-# --undo-time-slicing, the GPU operator's time-slicing setting. Addons stay enabled (other
-# workloads may use them). Idempotent: what is already gone is skipped. `make undeploy` runs it.
+# Remove what deploy/microk8s/install.sh installed: the GPU operator's time-slicing setting (its
+# ConfigMap belongs to the release: a ClusterPolicy left naming it would leave a restarted
+# device plugin without its config), the Helm release and its namespace. Addons stay enabled
+# (other workloads may use them). Idempotent: what is already gone is skipped. `make undeploy`
+# runs it.
 set -euo pipefail
 PROG="uninstall.sh"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -17,29 +19,28 @@ usage() {
   cat <<USAGE
 Usage: deploy/microk8s/uninstall.sh [OPTIONS]
 
-Uninstall ECRL from this MicroK8s box: the Helm release $RELEASE, then the namespace $NAMESPACE.
-MicroK8s and its addons stay as they are.
+Uninstall ECRL from this MicroK8s box: if the GPU operator's ClusterPolicy names ECRL's
+time-slicing ConfigMap ($TIME_SLICING_CONFIGMAP), point it back at no device-plugin config (one
+nvidia.com/gpu per GPU again: the ConfigMap goes with the release); then the Helm release
+$RELEASE and the namespace $NAMESPACE. MicroK8s and its addons stay as they are.
 
 Options:
-  --undo-time-slicing   first point the GPU operator's ClusterPolicy back at no device-plugin
-                        config (one nvidia.com/gpu per GPU again), if it names ECRL's
-                        ConfigMap ($TIME_SLICING_CONFIGMAP)
+  --undo-time-slicing   accepted for compatibility; time-slicing is always undone
   --dry-run             run only the read-only checks; print every command that would change
                         something instead of running it
   -h, --help            this help
 
 Examples:
-  deploy/microk8s/uninstall.sh                       # what \`make undeploy\` runs
-  deploy/microk8s/uninstall.sh --undo-time-slicing   # also give the GPU back whole
+  deploy/microk8s/uninstall.sh             # what \`make undeploy\` runs
+  deploy/microk8s/uninstall.sh --dry-run   # print what it would change
 USAGE
 }
 
-undo_time_slicing=0
 DRY_RUN="${DRY_RUN:-0}"
 [[ $DRY_RUN =~ ^[01]$ ]] || usage_error "DRY_RUN: '$DRY_RUN' is not 0 or 1"
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --undo-time-slicing) undo_time_slicing=1; shift ;;
+    --undo-time-slicing) shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage_error "unknown flag $1" ;;
@@ -51,13 +52,9 @@ command -v microk8s >/dev/null || { echo "microk8s not found: nothing to uninsta
 config_name="$(microk8s kubectl get "$CLUSTER_POLICY" \
   -o jsonpath='{.spec.devicePlugin.config.name}' 2>/dev/null || true)"
 if [[ $config_name == "$TIME_SLICING_CONFIGMAP" ]]; then
-  if [[ $undo_time_slicing == 1 ]]; then
-    step "GPU time-slicing off"
-    run microk8s kubectl patch "$CLUSTER_POLICY" --type merge -p \
-      '{"spec":{"devicePlugin":{"config":{"name":"","default":""}}}}'
-  else
-    warn "the GPU operator's ClusterPolicy still names ConfigMap $TIME_SLICING_CONFIGMAP, which goes with the release: a restarted device plugin lacks its config (--undo-time-slicing points it back at none)"
-  fi
+  step "GPU time-slicing off (its ConfigMap goes with the release)"
+  run microk8s kubectl patch "$CLUSTER_POLICY" --type merge -p \
+    '{"spec":{"devicePlugin":{"config":{"name":"","default":""}}}}'
 fi
 
 step "Helm release $RELEASE"

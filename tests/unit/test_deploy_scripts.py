@@ -229,23 +229,26 @@ def test_install_stops_with_the_fix_when_the_driver_does_not_answer(box: Box) ->
 
 
 # --------------------------------------------------------------------------- uninstall.sh
-def test_uninstall_dry_run_removes_release_and_namespace(box: Box) -> None:
+def test_uninstall_dry_run_turns_time_slicing_off_then_removes_release_and_namespace(
+    box: Box,
+) -> None:
     box.set(enabled=set(ADDONS), policy="ecrl-time-slicing", release=True)
-    result = box.run(UNINSTALL, "--dry-run")
-    assert printed(result) == [
+    cmds = printed(box.run(UNINSTALL, "--dry-run"))
+    assert len(cmds) == 3
+    body = json.loads(shlex.split(cmds[0])[-1])  # first: the ConfigMap goes with the release
+    assert body == {"spec": {"devicePlugin": {"config": {"name": "", "default": ""}}}}
+    assert cmds[1:] == [
         "microk8s helm3 uninstall ecrl -n ecrl --wait",
         "microk8s kubectl delete namespace ecrl --wait=true --timeout=300s",
     ]
-    assert "--undo-time-slicing" in result.stderr  # the warning says how to undo it
+    assert printed(box.run(UNINSTALL, "--dry-run", "--undo-time-slicing")) == cmds  # old flag
 
 
-def test_uninstall_undo_time_slicing_resets_the_cluster_policy_first(box: Box) -> None:
-    box.set(enabled=set(ADDONS), policy="ecrl-time-slicing", release=True)
-    cmds = printed(box.run(UNINSTALL, "--dry-run", "--undo-time-slicing"))
-    assert len(cmds) == 3
-    body = json.loads(shlex.split(cmds[0])[-1])
-    assert body == {"spec": {"devicePlugin": {"config": {"name": "", "default": ""}}}}
-    assert cmds[1].startswith("microk8s helm3 uninstall")
+def test_uninstall_leaves_a_cluster_policy_not_naming_ours_alone(box: Box) -> None:
+    box.set(enabled=set(ADDONS), policy="someone-elses", release=True)
+    cmds = printed(box.run(UNINSTALL, "--dry-run"))
+    assert [c.split()[1] for c in cmds] == ["helm3", "kubectl"]
+    assert not any("patch" in c for c in cmds)
 
 
 def test_uninstall_when_nothing_is_installed_prints_no_command(box: Box) -> None:
@@ -255,7 +258,7 @@ def test_uninstall_when_nothing_is_installed_prints_no_command(box: Box) -> None
 
 
 def test_uninstall_help_and_bad_flag(box: Box) -> None:
-    assert "--undo-time-slicing" in box.run(UNINSTALL, "--help").stdout
+    assert "time-slicing" in box.run(UNINSTALL, "--help").stdout
     result = box.run(UNINSTALL, "--purge")
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["uninstall.sh: error: unknown flag --purge (see --help)"]
@@ -331,7 +334,7 @@ def test_make_n_shows_the_scripts_each_target_runs() -> None:
         "bash deploy/microk8s/install.sh --mode rl --registry localhost:32000 --build-images "
         in out
     )
-    assert "bash deploy/microk8s/uninstall.sh  --dry-run" in out
+    assert "bash deploy/microk8s/uninstall.sh --dry-run" in out
     assert "ecrl experiment --backend microk8s --modes hpa-cpu,rl --shapes step --repeats 5" in out
 
 
