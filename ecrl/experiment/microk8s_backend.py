@@ -40,6 +40,7 @@ from ecrl.experiment.testbed_backend import (
     load_baseline_config,
 )
 from ecrl.load.shapes import LoadShape
+from ecrl.testbed.procs import free_port
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "ecrl"
 CHART_MODE = {"hpa-cpu": "baseline", "rl": "rl"}
@@ -117,12 +118,6 @@ class Shell:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_tcp(port: int, what: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -157,11 +152,11 @@ class PortForwards:
         if prom is None:
             ns, rest = t.prometheus_service.split("/", 1)
             svc, port = rest.rsplit(":", 1)
-            local = _free_port()
+            local = free_port()
             self._forward(ns, svc, [(local, int(port))])
             prom = f"http://127.0.0.1:{local}"
         if triton is None:
-            http, grpc_port, metrics = _free_port(), _free_port(), _free_port()
+            http, grpc_port, metrics = free_port(), free_port(), free_port()
             self._forward(
                 t.namespace, t.triton_service, [(http, 8000), (grpc_port, 8001), (metrics, 8002)]
             )

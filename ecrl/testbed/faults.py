@@ -286,8 +286,11 @@ def run_faults(
         services.start_actuator(audit)
         locust.start()
         with PodWatch(tb, plan.namespace) as watch:
-            policy_ticks = lambda n: sum(x["outcome"] == "policy" for x in read_audit(audit)) >= n  # noqa: E731
-            wait_for("two policy ticks", lambda: policy_ticks(2), 20 * plan.period_s)
+            wait_for(
+                "two policy ticks",
+                lambda: sum(x["outcome"] == "policy" for x in read_audit(audit)) >= 2,
+                20 * plan.period_s,
+            )
             log("policy deciding; killing the policy server")
             report.policy_kill = _kill_policy(services, audit, plan)
             log(f"policy kill: {report.policy_kill}; stopping Prometheus")

@@ -7,7 +7,6 @@ cores, seconds when cached) and sets ``ECRL_E2E=1``; a bare ``pytest`` skips the
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from ecrl.filesd import write_sd
 from ecrl.testbed import cluster, procs
 from ecrl.testbed import dataplane as dp
 from ecrl.testbed import monitoring as mon
+from ecrl.testbed.procs import free_port
 
 E2E = os.environ.get("ECRL_E2E") == "1"
 
@@ -31,12 +31,6 @@ def testbed() -> Iterator[cluster.Testbed]:
         yield cluster.up(name=name)
     finally:
         cluster.down(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +48,9 @@ def monitoring(testbed: cluster.Testbed) -> Iterator[mon.Monitoring]:
     try:
         yield mon.up(
             testbed,
-            prom_port=_free_port(),
-            ksm_port=_free_port(),
-            ksm_telemetry_port=_free_port(),
+            prom_port=free_port(),
+            ksm_port=free_port(),
+            ksm_telemetry_port=free_port(),
         )
     finally:
         mon.down(testbed.name)
@@ -67,9 +61,9 @@ def dataplane(testbed: cluster.Testbed) -> Iterator[dp.DataPlane]:
     """The data-plane emulator serving the session testbed's Deployment, on free ports."""
     plane = dp.start_emulator(
         testbed,
-        http_port=_free_port(),
-        grpc_port=_free_port(),
-        metrics_port=_free_port(),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
         usage_interval_s=2.0,
     )
     try:

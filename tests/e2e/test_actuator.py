@@ -10,7 +10,6 @@ verbs the controller uses (``kubectl auth can-i`` as its ServiceAccount).
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from ecrl.testbed import procs
 from ecrl.testbed.cluster import Testbed
 from ecrl.testbed.dataplane import DataPlane
 from ecrl.testbed.faults import read_audit
+from ecrl.testbed.procs import free_port
 from services.policy_server.config import ServerConfig
 from services.policy_server.server import PolicyServer
 
@@ -54,12 +54,6 @@ AUDIT_FIELDS = {
     "fallback_reason",
     "ops",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(what: str, probe: Callable[[], object], timeout_s: float, every_s: float = 1.0):

@@ -8,7 +8,6 @@ The collector runs as its own process through its command line, as it would in t
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ from ecrl.testbed import monitoring as mon
 from ecrl.testbed import procs
 from ecrl.testbed.cluster import Testbed
 from ecrl.testbed.dataplane import DataPlane
+from ecrl.testbed.procs import free_port
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -32,12 +32,6 @@ SELECTOR = "app.kubernetes.io/name=mobilenetv4-triton"
 EXPLAINED_MISSING = {
     "last_change_age_s": "Prometheus and the collector are younger than the 10 min window",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

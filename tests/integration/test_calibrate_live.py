@@ -9,7 +9,6 @@ batch time, CPU cost and capacity match what the emulator was told to do.
 from __future__ import annotations
 
 import dataclasses
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,12 +34,6 @@ TIME_SCALE = 4.0
 CPU_LIMIT = 2.0  # the emulator's standalone default, and ecrl.emulator.fidelity.CPU_LIMIT
 BATCHES = (1, 4)
 INSTANCES = (1, 2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 import urllib.error
@@ -32,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ecrl import schema
 from ecrl.filesd import write_sd
 from ecrl.testbed import monitoring, procs
+from ecrl.testbed.procs import free_port
 from ecrl.v1 import state_pb2, state_pb2_grpc
 from services.collector.config import CollectorConfig
 from services.collector.server import CollectorServer
@@ -61,12 +61,6 @@ MODEL_CONFIG = {
 STALE_AFTER_S = 8.0
 RATE_WINDOW_S = 15.0
 """Three scrapes (the collector's default is 30 s): the test waits for a full window."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _labels(**kv: str) -> str:

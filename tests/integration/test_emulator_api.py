@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import urllib.request
 from collections.abc import Iterator
 
@@ -23,12 +22,6 @@ from ecrl.emulator.fleet import Fleet, GpuNodeSpec, PodSpec
 from ecrl.emulator.pod import TritonConfig
 from ecrl.twin.profile import builtin_profile_path, load_profile
 from tests.integration.standalone import standalone_emulator
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

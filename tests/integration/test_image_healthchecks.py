@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ecrl.testbed.procs import free_port
 from tests.unit.test_deploy_scripts import final_stage
 
 pytest.importorskip("ecrl.v1.policy_pb2", reason="generated protobuf code missing: make proto")
@@ -37,12 +37,6 @@ contexts: [{name: nowhere, context: {cluster: nowhere, user: nobody}}]
 current-context: nowhere
 """
 POLL_S = 0.25
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def image_spec(name: str) -> tuple[list[str], dict[str, str], list[str]]:

@@ -7,7 +7,6 @@ Locust never runs inside pytest: ``import locust`` monkey-patches the standard l
 from __future__ import annotations
 
 import importlib.util
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,11 @@ import pandas as pd
 import pytest
 
 from ecrl.load.locust_run import HISTORY_COLUMNS, LocustRunError, run_locust
+from ecrl.testbed.procs import free_port
 
 pytestmark = pytest.mark.slow
 
 READY_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)

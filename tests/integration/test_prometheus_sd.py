@@ -9,7 +9,6 @@ file_sd labels, with the config rendered from ``deploy/testbed/prometheus.yml`` 
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +18,7 @@ import pytest
 
 from ecrl.filesd import write_sd
 from ecrl.testbed import monitoring, procs
+from ecrl.testbed.procs import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +29,6 @@ TRITON_TEXT = (
     "# TYPE nv_inference_request_success counter\n"
     'nv_inference_request_success{model="mobilenetv4",version="1"} 42\n'
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Triton(BaseHTTPRequestHandler):
