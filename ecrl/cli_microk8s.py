@@ -46,15 +46,15 @@ def run_microk8s(args: argparse.Namespace, cfg, shapes, slo_p95_s: float):
         MICROK8S_MODES,
         Microk8sTarget,
         Shell,
-        check_modes,
         default_tool,
         run_experiment_microk8s,
     )
     from ecrl.experiment.runner import DEFAULT_MODES
+    from ecrl.experiment.testbed_backend import check_modes
 
     if args.modes == DEFAULT_MODES:
         cfg = replace(cfg, modes=MICROK8S_MODES)
-    check_modes(cfg.modes)
+    check_modes(cfg.modes, MICROK8S_MODES, "microk8s")
     for value in args.helm_set:
         if "=" not in value:
             raise ConfigError("command line", "--set", f"{value!r} is not KEY=VALUE")

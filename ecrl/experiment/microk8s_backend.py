@@ -21,7 +21,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,34 +28,23 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from ecrl.errors import ConfigError
 from ecrl.experiment.runner import ExperimentConfig, RunResult
 from ecrl.experiment.testbed_backend import (
     DEPLOYMENT,
     TestbedEndpoints,
+    check_modes,
     drive_run,
     frames,
     interleaved,
     load_baseline_config,
 )
 from ecrl.load.shapes import LoadShape
-from ecrl.testbed.procs import free_port
+from ecrl.testbed.procs import free_port, wait_until
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "ecrl"
 CHART_MODE = {"hpa-cpu": "baseline", "rl": "rl"}
 """Experiment mode → the chart's ``mode`` value."""
 MICROK8S_MODES = tuple(CHART_MODE)
-
-
-def check_modes(modes: Sequence[str]) -> None:
-    bad = [m for m in modes if m not in CHART_MODE]
-    if bad:
-        raise ConfigError(
-            "command line",
-            "--modes",
-            f"{', '.join(bad)} not available on the microk8s backend "
-            f"(the chart's modes: {', '.join(MICROK8S_MODES)})",
-        )
 
 
 def default_tool(microk8s_sub: str, plain: str) -> tuple[str, ...]:
@@ -118,15 +106,11 @@ class Shell:
         )
 
 
-def _wait_tcp(port: int, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"port-forward to {what} not listening within {timeout_s:.0f} s")
+def _listening(port: int) -> bool:
+    """Something accepts on the loopback ``port``: a port-forward is up once it does."""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class PortForwards:
@@ -144,7 +128,11 @@ class PortForwards:
             return
         self.procs.append(proc)
         for local, _ in ports:
-            _wait_tcp(local, f"{namespace}/{service}")
+            wait_until(
+                f"port-forward to {namespace}/{service} listening",
+                lambda port=local: _listening(port),
+                30,
+            )
 
     def endpoints(self) -> TestbedEndpoints:
         t = self.target
@@ -272,7 +260,7 @@ def run_experiment_microk8s(
     progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Every (shape, repeat, mode) on the box; (kpis, series), or None in a dry run."""
-    check_modes(cfg.modes)
+    check_modes(cfg.modes, MICROK8S_MODES, "microk8s")
     shell = shell or Shell()
     raw = out_dir / "locust"
     if not shell.dry_run:

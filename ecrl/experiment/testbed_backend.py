@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,9 @@ from ecrl.experiment.runner import ExperimentConfig, RunResult, run_seed
 from ecrl.load.shapes import LoadShape
 from ecrl.testbed.cluster import Testbed
 from ecrl.testbed.dataplane import emulator_pods
+from ecrl.testbed.procs import wait_until
 from ecrl.testbed.services import ACTUATOR, EXTENDER, Services, ServicesConfig
+from ecrl.twin.twin import DEFAULT_HIST_EDGES_S
 
 MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "baseline" / "mobilenetv4-triton.yaml"
 DEPLOYMENT = "mobilenetv4-triton"
@@ -46,8 +49,6 @@ POD_RE = f"{DEPLOYMENT}-.*"
 TESTBED_MODES = ("hpa-cpu", "static", "rl")
 DEFAULT_TESTBED_MODES = ("hpa-cpu", "rl")
 """The comparison the issue asks for: the default scheduler + HPA against the learned policy."""
-HIST_EDGES_S = np.concatenate([[0.0], np.geomspace(0.001, 120.0, 360)])
-"""The twin's latency histogram edges (``ecrl.twin.twin.DEFAULT_HIST_EDGES_S``)."""
 
 
 @dataclass(frozen=True)
@@ -73,37 +74,35 @@ class TestbedEndpoints:
         return slo_p95_s * self.emulator_time_scale
 
 
-def check_modes(modes: tuple[str, ...]) -> None:
-    bad = [m for m in modes if m not in TESTBED_MODES]
+def check_modes(
+    modes: Sequence[str], available: Sequence[str] = TESTBED_MODES, backend: str = "testbed"
+) -> None:
+    """Refuse, naming the flag, the modes a real-time backend cannot run (``available``: the
+    testbed's, or the microk8s chart's), before any cluster work starts."""
+    bad = [m for m in modes if m not in available]
     if bad:
         raise ConfigError(
             "command line",
             "--modes",
-            f"{', '.join(bad)} not available on the testbed backend yet "
-            f"(available: {', '.join(TESTBED_MODES)})",
+            f"{', '.join(bad)} not available on the {backend} backend "
+            f"(available: {', '.join(available)})",
         )
 
 
 # ------------------------------------------------------------------------ cluster control
-def _wait(cond, what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout_s:.0f} s")
-        time.sleep(0.5)
-
-
 def reset(tb: Testbed, ep: TestbedEndpoints, mode: str) -> None:
     """Remove the Deployment and its HPA, then apply the mode's manifests at one replica
     (the HPA only for ``hpa-cpu``: in ``rl`` the actuator owns the replica count)."""
     tb.kubectl(
         "delete", "deployment,hpa", DEPLOYMENT, "-n", ep.namespace, "--ignore-not-found", "--wait"
     )
-    _wait(lambda: emulator_pods(ep.metrics_url) == 0, "emulator serving 0 pods", 120)
+    wait_until("emulator serving 0 pods", lambda: emulator_pods(ep.metrics_url) == 0, 120, 0.5)
     tb.kubectl("apply", "-n", ep.namespace, "-f", str(MANIFEST))
     if mode != "hpa-cpu":
         tb.kubectl("delete", "hpa", DEPLOYMENT, "-n", ep.namespace, "--ignore-not-found")
-    _wait(lambda: emulator_pods(ep.metrics_url) == 1, "emulator serving the first pod", 120)
+    wait_until(
+        "emulator serving the first pod", lambda: emulator_pods(ep.metrics_url) == 1, 120, 0.5
+    )
     load_baseline_config(ep)
 
 
@@ -112,13 +111,11 @@ def load_baseline_config(ep: TestbedEndpoints) -> None:
     run does not inherit what an earlier controller loaded (the twin starts every run there).
     """
     from ecrl.twin.spec import DeploymentSpec
+    from services.collector.observation import Batching
+    from services.collector.sources import model_config
 
     d = DeploymentSpec()
-    config = {
-        "max_batch_size": d.max_batch_size,
-        "dynamic_batching": {"max_queue_delay_microseconds": round(d.batch_delay_s * 1e6)},
-        "instance_group": [{"count": d.instance_count, "kind": "KIND_GPU"}],
-    }
+    config = model_config(Batching(d.max_batch_size, d.batch_delay_s, d.instance_count))
     body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
     req = urllib.request.Request(
         f"{ep.triton_http}/v2/repository/models/mobilenetv4/load",
@@ -132,22 +129,26 @@ def load_baseline_config(ep: TestbedEndpoints) -> None:
 
 
 class ConfigSampler:
-    """Samples Triton's model config once a second during a run (batching, instances)."""
+    """Samples Triton's model config once a second during a run (batching, instances), read
+    and parsed as the collector does, so the series shows what the policy's state saw."""
 
     def __init__(self, triton_http: str) -> None:
-        self.url = f"{triton_http}/v2/models/mobilenetv4/config"
+        from ecrl.serving import MODEL_NAME
+        from services.collector.sources import TritonSource
+
+        self.source = TritonSource(triton_http, MODEL_NAME, timeout_s=2.0)
         self.samples: list[tuple[float, float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        from services.collector.sources import SourceError
+
         while not self._stop.is_set():
             try:
-                with urllib.request.urlopen(self.url, timeout=2) as resp:
-                    cfg = json.loads(resp.read())
-                inst = sum(int(g.get("count", 1)) for g in cfg.get("instance_group", []))
-                self.samples.append((time.time(), float(cfg["max_batch_size"]), float(inst)))
-            except (OSError, ValueError, KeyError):
+                b = self.source.read()
+                self.samples.append((time.time(), float(b.max_batch_size), float(b.instance_count)))
+            except SourceError:
                 pass  # a missing sample stays NaN in the series
             self._stop.wait(1.0)
 
@@ -217,11 +218,12 @@ def build_series(
     start: float,
     duration_s: int,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Per-second series (:data:`SERIES_COLUMNS`) and latency histograms of one run."""
+    """Per-second series (:data:`SERIES_COLUMNS`) and latency histograms of one run, on the
+    twin's histogram edges so that the KPIs of both backends are computed alike."""
     n = duration_s
     out = pd.DataFrame(np.nan, index=range(n), columns=list(SERIES_COLUMNS))
     out["time_s"] = np.arange(n, dtype=float)
-    hist = np.zeros((n, len(HIST_EDGES_S) - 1))
+    hist = np.zeros((n, len(DEFAULT_HIST_EDGES_S) - 1))
     if len(requests):
         sent = requests["timestamp"].to_numpy(float) - start
         lat = requests["response_time_ms"].to_numpy(float) / 1e3
@@ -244,7 +246,7 @@ def build_series(
             out.loc[s, "latency_avg_s"] = float(v.mean())
             out.loc[s, "latency_p95_s"] = float(np.quantile(v, 0.95))
             out.loc[s, "latency_p99_s"] = float(np.quantile(v, 0.99))
-            hist[s] = np.histogram(v, HIST_EDGES_S)[0]
+            hist[s] = np.histogram(v, DEFAULT_HIST_EDGES_S)[0]
     if len(history):
         users = history.groupby(np.floor(history["timestamp"] - start).astype(int))["user_count"]
         u = users.max()
@@ -271,7 +273,7 @@ def _wait_scraped(ep: TestbedEndpoints, t: float, timeout_s: float = 60.0) -> No
         r = query(ep.prom_url, promql)
         return bool(r) and float(r[0]["value"][1]) >= t
 
-    _wait(scraped, "a Prometheus scrape after the run", timeout_s)
+    wait_until("a Prometheus scrape after the run", scraped, timeout_s, 0.5)
 
 
 # ------------------------------------------------------------------------ runs
@@ -341,7 +343,7 @@ def drive_run(
     }
     requests = res.requests if res.requests is not None else pd.DataFrame()
     series, hist = build_series(requests, res.history, cluster, sampler.samples, start, duration)
-    kpis = compute_kpis(series, hist, HIST_EDGES_S, ep.slo(slo_p95_s))
+    kpis = compute_kpis(series, hist, DEFAULT_HIST_EDGES_S, ep.slo(slo_p95_s))
     return RunResult(mode, shape.name, repeat, seed, series, hist, kpis, [])
 
 

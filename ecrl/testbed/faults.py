@@ -32,6 +32,7 @@ from typing import Any
 
 from ecrl.testbed import monitoring, procs
 from ecrl.testbed.cluster import DEFAULT_NAME, Testbed, TestbedError, attach
+from ecrl.testbed.procs import wait_until
 from ecrl.testbed.services import ACTUATOR, EXTENDER, POLICY, Services, ServicesConfig
 
 DEPLOYMENT = "mobilenetv4-triton"
@@ -205,16 +206,6 @@ def read_audit(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout_s: float, every_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(every_s)
-    raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
-
-
 MEASURED = ("request_rate_rps", "p95_latency_s", "success_ratio", "gpu_util_ratio")
 
 
@@ -286,7 +277,7 @@ def run_faults(
         services.start_actuator(audit)
         locust.start()
         with PodWatch(tb, plan.namespace) as watch:
-            wait_for(
+            wait_until(
                 "two policy ticks",
                 lambda: sum(x["outcome"] == "policy" for x in read_audit(audit)) >= 2,
                 20 * plan.period_s,
@@ -328,13 +319,13 @@ def _kill_policy(services: Services, audit: Path, plan: FaultPlan) -> dict[str, 
     killed = time.time()
     services.kill(POLICY)
     before = len(read_audit(audit))
-    first = wait_for(
+    first = wait_until(
         "a tick after the kill", lambda: _ticks_after(audit, killed), 4 * plan.period_s
     )[0]
-    wait_for("two more ticks", lambda: len(_ticks_after(audit, killed)) >= 3, 6 * plan.period_s)
+    wait_until("two more ticks", lambda: len(_ticks_after(audit, killed)) >= 3, 6 * plan.period_s)
     services.start_policy_server()
     ready = time.time()
-    back = wait_for(
+    back = wait_until(
         "a policy tick after the restart",
         lambda: [x for x in _ticks_after(audit, ready) if x["outcome"] == "policy"],
         10 * plan.period_s,
@@ -360,18 +351,18 @@ def _stop_prometheus(
     def first_fallback() -> list[dict]:
         return [x for x in _ticks_after(audit, stopped) if x["outcome"] == "fallback"]
 
-    fb = wait_for("a fallback tick", first_fallback, (plan.hold_ticks + 6) * plan.period_s)[0]
+    fb = wait_until("a fallback tick", first_fallback, (plan.hold_ticks + 6) * plan.period_s)[0]
     window = [x for x in _ticks_after(audit, stopped) if x["tick"] <= fb["tick"]]
     # ticks before the collector noticed (its state still fresh) are policy ticks; count holds
     holds = [x for x in window if x["outcome"] == "hold"]
-    wait_for("one more fallback tick", lambda: len(first_fallback()) >= 2, 3 * plan.period_s)
+    wait_until("one more fallback tick", lambda: len(first_fallback()) >= 2, 3 * plan.period_s)
     stale_fallbacks = first_fallback()
     replica_ops = [op for x in stale_fallbacks for op in x["ops"] if op["op"] == "replicas"]
     restart = time.time()
     monitoring.start_prometheus(tb, plan.prom_port, plan.ksm_port)
     ready = time.time()
 
-    back = wait_for(
+    back = wait_until(
         "a policy tick after Prometheus is back",
         lambda: [x for x in _ticks_after(audit, ready) if x["outcome"] == "policy"],
         20 * plan.period_s,
@@ -420,7 +411,7 @@ def _kill_extender(tb: Testbed, services: Services, plan: FaultPlan) -> dict[str
                 return p["spec"]["nodeName"]
         return ""
 
-    node = wait_for("the new pod bound", new_pod_node, 60)
+    node = wait_until("the new pod bound", new_pod_node, 60)
     return {"node": node, "bound_after_s": round(time.time() - t0, 2), "replicas": target}
 
 

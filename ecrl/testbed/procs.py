@@ -20,8 +20,10 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 CACHE = Path(os.environ.get("ECRL_CACHE", Path.home() / ".cache" / "ecrl"))
+T = TypeVar("T")
 
 
 class ProcessError(RuntimeError):
@@ -83,6 +85,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(
+    what: str, probe: Callable[[], T], timeout_s: float = 60.0, every_s: float = 0.2
+) -> T:
+    """Poll ``probe`` every ``every_s`` until it returns something truthy, and return that.
+
+    The one bounded wait of the testbed, its experiments and the tests that drive them. The
+    probe runs at least once and once more at the deadline, so a state reached during the last
+    sleep is not reported as a timeout; after that, :class:`TimeoutError` names ``what`` and
+    the probe's last answer, which is what a person reading the failure needs first.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        last = probe()
+        if last:
+            return last
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{what}: not within {timeout_s:g} s (last: {last!r})")
+        time.sleep(min(every_s, left))
 
 
 _children: dict[int, subprocess.Popen] = {}

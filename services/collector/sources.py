@@ -232,13 +232,18 @@ def _int(value: Any, name: str) -> int:
         raise SourceError(f"model config: {name} is not an integer: {value!r}") from None
 
 
-def parse_model_config(config: Any) -> Batching:
+def parse_model_config(config: Any, *, placed: bool = True) -> Batching:
     """Triton's model configuration (JSON) → the batching settings the state encodes.
 
     ``max_batch_size`` and ``instance_group`` must be present (Triton fills both in the config
     it serves). Without ``dynamic_batching`` Triton runs no dynamic batcher, so no request is
     held back: the delay is 0 by the config's own meaning. Instances: ``count`` per group,
     times the listed GPUs of a KIND_GPU group (Triton places ``count`` on each).
+
+    ``placed=False`` counts the groups' ``count`` alone — what a load-with-config asks for: a
+    target (:func:`model_config`) lists no GPUs, Triton fills them in when it places the
+    instances, so only the counts compare a pod's served config with the target on a pod that
+    sees more than one GPU.
     """
     if not isinstance(config, dict):
         raise SourceError("model config: not a JSON object")
@@ -261,13 +266,25 @@ def parse_model_config(config: Any) -> Batching:
             raise SourceError(f"model config: instance_group[{i}] is not an object")
         count = _int(g.get("count", 1), f"instance_group[{i}].count")
         gpus = g.get("gpus") or []
-        instances += count * (len(gpus) if g.get("kind") == "KIND_GPU" and gpus else 1)
+        per_group = len(gpus) if placed and g.get("kind") == "KIND_GPU" and gpus else 1
+        instances += count * per_group
     if max_batch < 0 or delay_us < 0 or instances < 1:
         raise SourceError(
             f"model config: implausible values (max_batch_size={max_batch}, "
             f"max_queue_delay_microseconds={delay_us}, instances={instances})"
         )
     return Batching(max_batch, delay_us / 1e6, instances)
+
+
+def model_config(batching: Batching) -> dict[str, Any]:
+    """The model configuration a load-with-config sends for ``batching``: the inverse of
+    :func:`parse_model_config`, written next to it so that what the actuator and the testbed
+    load is what the collector reads back."""
+    return {
+        "max_batch_size": int(batching.max_batch_size),
+        "dynamic_batching": {"max_queue_delay_microseconds": round(batching.batch_delay_s * 1e6)},
+        "instance_group": [{"count": int(batching.instance_count), "kind": "KIND_GPU"}],
+    }
 
 
 class TritonSource:

@@ -13,7 +13,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from ecrl.testbed import procs
 from ecrl.testbed.cluster import Testbed
 from ecrl.testbed.dataplane import DataPlane
 from ecrl.testbed.faults import read_audit
-from ecrl.testbed.procs import free_port
+from ecrl.testbed.procs import free_port, wait_until
 from services.policy_server.config import ServerConfig
 from services.policy_server.server import PolicyServer
 
@@ -54,16 +54,6 @@ AUDIT_FIELDS = {
     "fallback_reason",
     "ops",
 }
-
-
-def wait_until(what: str, probe: Callable[[], object], timeout_s: float, every_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(every_s)
-    raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
 
 
 @pytest.fixture
@@ -230,6 +220,7 @@ def test_actuator_scales_audits_holds_the_lease_and_falls_back_when_the_policy_d
             "a policy-decided tick",
             lambda: any(x["outcome"] == "policy" for x in read_audit(audit)),
             60,
+            1.0,
         )
 
         # 2. kill the policy server: the next tick falls back
@@ -272,7 +263,7 @@ def test_actuator_scales_audits_holds_the_lease_and_falls_back_when_the_policy_d
             ]
             return spec_replicas() == targets[-1] > 1
 
-        wait_until("spec.replicas at the actuator's last target", replicas_is_last_target, 10)
+        wait_until("spec.replicas at the actuator's last target", replicas_is_last_target, 10, 1.0)
         managers = deployment_doc(testbed)["metadata"]["managedFields"]
         fields_by_manager = {  # printed only: scale writes leave no replicas owner here
             (m["manager"], m.get("subresource")): sorted(m["fieldsV1"].get("f:spec", {}))
@@ -284,7 +275,7 @@ def test_actuator_scales_audits_holds_the_lease_and_falls_back_when_the_policy_d
             pods = pods_of(testbed)
             return len(pods) == spec_replicas() and all(p["spec"].get("nodeName") for p in pods)
 
-        wait_until("every pod scheduled", all_scheduled, 60)
+        wait_until("every pod scheduled", all_scheduled, 60, 1.0)
         assert unschedulable(pods_of(testbed)) == []
         assert all(MIN_REPLICAS <= n <= MAX_REPLICAS for n in seen_replicas), seen_replicas
 

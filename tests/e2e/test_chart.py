@@ -25,10 +25,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -54,16 +54,8 @@ NAMESPACED_KINDS = (
 )
 
 
-def wait_until(what: str, probe: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"{what}: not within {timeout_s:.0f} s (last: {last!r})")
+wait_until = partial(procs.wait_until, every_s=0.3)
+"""The testbed's bounded poll (60 s unless told), at this module's pace."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 
 from ecrl.policies.base import Action
-from services.scheduler_extender.actuator.apply import KubeApplier, resources_patch, triton_config
+from services.scheduler_extender.actuator.apply import (
+    KubeApplier,
+    config_matches,
+    resources_patch,
+    triton_config,
+)
 
 from .policies.observations import make_observation
 
@@ -39,6 +44,22 @@ def test_triton_config_keeps_the_settings_the_action_leaves_alone() -> None:
         "dynamic_batching": {"max_queue_delay_microseconds": 2000},
         "instance_group": [{"count": 2, "kind": "KIND_GPU"}],
     }
+
+
+def test_a_pod_config_matches_the_target_by_its_settings_alone() -> None:
+    obs = make_observation(0.0, max_batch_size=8, batch_delay_s=0.0, instance_count=2)
+    target = triton_config(obs, Action(max_batch_size=16, batch_delay_s=0.002))
+    served = {  # what Triton answers: more fields, int64 as strings, the GPUs it placed on
+        "name": "mobilenetv4",
+        "max_batch_size": 16,
+        "dynamic_batching": {"max_queue_delay_microseconds": "2000", "preserve_ordering": False},
+        "instance_group": [{"name": "g", "count": 2, "kind": "KIND_GPU", "gpus": [0, 1]}],
+    }
+    assert config_matches(served, target)
+    assert not config_matches({**served, "max_batch_size": 8}, target)
+    assert not config_matches({**served, "dynamic_batching": {}}, target)
+    assert not config_matches({**served, "instance_group": [{"count": 1}]}, target)
+    assert not config_matches({}, target)  # a pod that did not answer is loaded
 
 
 def test_a_failing_triton_reload_is_a_result_not_an_exception() -> None:

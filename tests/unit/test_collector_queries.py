@@ -25,7 +25,13 @@ from services.collector.observation import (
     build,
     change_age,
 )
-from services.collector.sources import Fetched, SourceError, join, parse_model_config
+from services.collector.sources import (
+    Fetched,
+    SourceError,
+    join,
+    model_config,
+    parse_model_config,
+)
 
 NOW = 1_700_000_000.0
 STALE_AFTER = 15.0
@@ -295,6 +301,18 @@ def test_model_config_of_the_emulator_parses() -> None:
     assert parse_model_config(config) == Batching(8, 0.0005, 2)
     no_batcher = {"max_batch_size": 4, "instance_group": [{"count": 1, "gpus": [0, 1]}]}
     assert parse_model_config({**no_batcher, "instance_group": [{"count": 1}]}).batch_delay_s == 0
+
+
+def test_model_config_round_trips_and_counts_placed_or_configured_instances() -> None:
+    batching = Batching(16, 0.002, 3)
+    assert parse_model_config(model_config(batching)) == batching
+    # Triton lists the GPUs it placed a KIND_GPU group on: ``count`` runs on each
+    served = {
+        **model_config(batching),
+        "instance_group": [{"count": 3, "kind": "KIND_GPU", "gpus": [0, 1]}],
+    }
+    assert parse_model_config(served).instance_count == 6
+    assert parse_model_config(served, placed=False) == batching
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,7 @@ import pytest
 
 from ecrl.cli import main
 from ecrl.errors import ConfigError
-from ecrl.experiment.microk8s_backend import (
-    Microk8sTarget,
-    Shell,
-    check_modes,
-    run_experiment_microk8s,
-)
+from ecrl.experiment.microk8s_backend import Microk8sTarget, Shell, run_experiment_microk8s
 from ecrl.experiment.runner import ExperimentConfig
 from ecrl.load.shapes import LoadShape
 
@@ -72,8 +67,12 @@ def test_without_urls_the_plan_port_forwards_prometheus_and_triton() -> None:
 
 
 def test_modes_the_chart_does_not_have_are_refused() -> None:
-    with pytest.raises(ConfigError, match="--modes.*kpa"):
-        check_modes(("rl", "kpa"))
+    # static runs on the testbed, but the chart has no such mode
+    cfg = ExperimentConfig(modes=("rl", "static"), shapes=("s",), repeats=1)
+    with pytest.raises(ConfigError, match="--modes.*static.*microk8s"):
+        run_experiment_microk8s(
+            cfg, [LoadShape("s", ((0, 1), (5, 1)))], Microk8sTarget(), Path("o"), 0.15, Shell(True)
+        )
 
 
 def test_cli_dry_run_prints_the_plan_and_exits_0(capsys) -> None:

@@ -71,3 +71,21 @@ def test_wait_http_reports_a_process_that_died_with_its_log(cache: Path) -> None
     with pytest.raises(procs.ProcessError, match="bad flag"):
         procs.wait_http(proc, "http://127.0.0.1:9/", timeout_s=10)
     procs.stop_all("t")
+
+
+def test_wait_until_returns_the_first_truthy_answer() -> None:
+    answers = iter([None, [], ["ready"]])
+    assert procs.wait_until("ready", lambda: next(answers), 5.0, 0.01) == ["ready"]
+
+
+def test_wait_until_probes_once_more_at_the_deadline_then_names_what_it_waited_for() -> None:
+    calls: list[float] = []
+
+    def probe() -> int:
+        calls.append(time.monotonic())
+        return 0
+
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"the pod bound: not within 0.2 s \(last: 0\)"):
+        procs.wait_until("the pod bound", probe, 0.2, 0.15)
+    assert len(calls) >= 2 and calls[-1] - start >= 0.2  # the last probe at the deadline

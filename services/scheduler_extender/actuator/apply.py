@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 from ecrl.policies.base import Action, Observation
 from ecrl.serving import MODEL_NAME
+from services.collector.observation import Batching
+from services.collector.sources import SourceError, model_config, parse_model_config
 
 from .loop import OpResult
 
@@ -83,11 +85,7 @@ def triton_config(obs: Observation, action: Action) -> dict:
     batch = obs.max_batch_size if action.max_batch_size is None else action.max_batch_size
     delay_s = obs.batch_delay_s if action.batch_delay_s is None else action.batch_delay_s
     count = obs.instance_count if action.instance_count is None else action.instance_count
-    return {
-        "max_batch_size": int(batch),
-        "dynamic_batching": {"max_queue_delay_microseconds": round(delay_s * 1e6)},
-        "instance_group": [{"count": int(count), "kind": "KIND_GPU"}],
-    }
+    return model_config(Batching(int(batch), delay_s, int(count)))
 
 
 class TritonLoader:
@@ -114,16 +112,15 @@ class TritonLoader:
 
 
 def config_matches(current: dict, target: dict) -> bool:
-    """Triton's model config (``GET /v2/models/<m>/config``) has the target's settings."""
+    """Triton's model config (``GET /v2/models/<m>/config``) has the target's settings.
+
+    Instances compare as configured (``placed=False``): Triton lists the GPUs it placed them
+    on, the target none. A config that does not parse (``{}`` for a pod that did not answer)
+    does not match, so the pod is loaded.
+    """
     try:
-        instances = sum(int(g.get("count", 1)) for g in current.get("instance_group", []))
-        delay = int(current.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0))
-        return (
-            int(current["max_batch_size"]) == target["max_batch_size"]
-            and delay == target["dynamic_batching"]["max_queue_delay_microseconds"]
-            and instances == sum(g["count"] for g in target["instance_group"])
-        )
-    except (KeyError, TypeError, ValueError):
+        return parse_model_config(current, placed=False) == parse_model_config(target, placed=False)
+    except SourceError:
         return False
 
 
