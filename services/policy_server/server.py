@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -32,6 +33,35 @@ SERVICE_NAMES = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
 """What reflection lists (grpcurl's ``list``)."""
 GRPC_OPTIONS = (("grpc.so_reuseport", 0),)
 """No SO_REUSEPORT: a second server on a taken port must fail, not silently share it."""
+
+
+class MethodAwarePool:
+    """The default descriptor pool, plus method symbols for reflection.
+
+    ``grpcurl describe ecrl.v1.PolicyService.Decide`` and ghz ask reflection for the file
+    containing a *method*; the upb pool's ``FindFileContainingSymbol`` knows messages and
+    services but not methods, so the stock servicer answered NOT_FOUND. A method's file is
+    its service's file.
+    """
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool | None = None) -> None:
+        self._pool = pool or descriptor_pool.Default()
+
+    def FindFileContainingSymbol(self, symbol: str):  # noqa: N802 (the pool's interface)
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service_name, _, method = symbol.rpartition(".")
+            try:
+                service = self._pool.FindServiceByName(service_name)
+            except KeyError:
+                raise KeyError(symbol) from None
+            if method not in service.methods_by_name:
+                raise KeyError(symbol) from None
+            return service.file
+
+    def __getattr__(self, name: str):
+        return getattr(self._pool, name)
 
 
 class StartError(Permanent):
@@ -88,7 +118,7 @@ class PolicyServer:
             options=GRPC_OPTIONS,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        reflection.enable_server_reflection(SERVICE_NAMES, server, pool=MethodAwarePool())
         try:
             if cfg.tls:
                 port = server.add_secure_port(cfg.listen, server_credentials(cfg))

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from ecrl.placement import NODE_SCHEMA_VERSION, NodeState, PodRequest
 from ecrl.policies.base import Observation, PodMetrics
 from ecrl.policy_model import builtin_policy_path
 from ecrl.schema import SCHEMA_HASH, SCHEMA_VERSION, STATE_DIM, encode
+from ecrl.testbed import procs
 from ecrl.twin.observe import observation
 from ecrl.twin.profile import builtin_profile_path, load_profile
 from ecrl.twin.spec import ClusterSpec
@@ -54,7 +56,7 @@ from services.policy_server.client import (
 )
 from services.policy_server.config import ServerConfig
 from services.policy_server.grpc_service import SERVICE_NAME
-from services.policy_server.server import PolicyServer
+from services.policy_server.server import MethodAwarePool, PolicyServer
 
 REPO = Path(__file__).resolve().parents[2]
 BUILTIN_POLICY = Path(builtin_policy_path())
@@ -142,12 +144,8 @@ def status_of(call: Callable[[], Any]) -> tuple[Any, str]:
     return err.value.code(), err.value.details()
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.02)
+wait_until = partial(procs.wait_until, timeout_s=10.0, every_s=0.02)
+"""The testbed's bounded poll, tight: the server reloads and answers within milliseconds."""
 
 
 def restamped_copy(src: Path, dest: Path, **metadata: str) -> Path:
@@ -440,7 +438,7 @@ def test_the_policy_is_picked_up_when_its_file_appears_later(start_server, tmp_p
     client = PolicyClient(f"127.0.0.1:{srv.port}", timeout_s=5)
     assert client.info().policy_version == ""
     shutil.copyfile(BUILTIN_POLICY, path)
-    wait_for(lambda: client.info().policy_version != "")
+    wait_until("a policy loaded", lambda: client.info().policy_version != "")
     assert client.info().fallback.value == ""
     client.close()
 
@@ -516,11 +514,11 @@ def test_hot_reload_swaps_the_policy_with_zero_failed_requests(start_server, tmp
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
         t.start()
-    wait_for(lambda: len(seen) > 50)
+    wait_until("50 decisions", lambda: len(seen) > 50)
     shutil.copyfile(new, path)  # in place, not atomic: the watcher must cope
-    wait_for(lambda: seen[-1] != version_a)
+    wait_until("a decision by the new policy", lambda: seen[-1] != version_a)
     n_after = len(seen)
-    wait_for(lambda: len(seen) > n_after + 50)
+    wait_until("50 more decisions", lambda: len(seen) > n_after + 50)
     stop.set()
     for t in threads:
         t.join()
@@ -538,7 +536,7 @@ def test_a_corrupt_replacement_keeps_the_old_policy_serving(start_server, tmp_pa
     version = srv.store.policy.current.version
     path.write_bytes(b"this is not an onnx graph")
     client = PolicyClient(f"127.0.0.1:{srv.port}", timeout_s=5)
-    wait_for(lambda: "reload refused" in client.info().fallback_detail)
+    wait_until("a reload refused", lambda: "reload refused" in client.info().fallback_detail)
     info = client.info()
     assert info.policy_version == version
     assert info.fallback.value == ""
@@ -550,7 +548,7 @@ def test_a_corrupt_replacement_keeps_the_old_policy_serving(start_server, tmp_pa
     assert m[("ecrl_policy_reloads_total", (("component", "policy"), ("outcome", "invalid")))] == 1
     # putting the good file back clears the report
     shutil.copyfile(BUILTIN_POLICY, path)
-    wait_for(lambda: client.info().fallback_detail == "")
+    wait_until("the report cleared", lambda: client.info().fallback_detail == "")
     client.close()
 
 
@@ -562,7 +560,7 @@ def test_a_schema_mismatched_replacement_keeps_the_old_policy_serving(start_serv
     bad = restamped_copy(BUILTIN_POLICY, tmp_path / "bad.onnx", **{"ecrl.schema_hash": "0" * 16})
     os.replace(bad, path)
     client = PolicyClient(f"127.0.0.1:{srv.port}", timeout_s=5)
-    wait_for(lambda: "reload refused" in client.info().fallback_detail)
+    wait_until("a reload refused", lambda: "reload refused" in client.info().fallback_detail)
     info = client.info()
     assert info.policy_version == version and info.fallback.value == ""
     assert "0" * 16 in info.fallback_detail
@@ -627,6 +625,17 @@ def test_reflection_lists_the_policy_service_and_its_methods(server):
         methods = {m.name for m in pool.FindServiceByName(SERVICE_NAME).methods}
     assert {SERVICE_NAME, "grpc.health.v1.Health"} <= services
     assert methods == {"Decide", "ScoreNodes", "GetPolicyInfo"}
+
+
+def test_reflection_resolves_method_symbols_like_grpcurl_describe_and_ghz(server):
+    with channel_to(server) as channel:
+        db = ProtoReflectionDescriptorDatabase(channel)
+        for symbol in (f"{SERVICE_NAME}.Decide", "grpc.health.v1.Health.Check"):
+            assert db.FindFileContainingSymbol(symbol).name.endswith(".proto")
+    pool = MethodAwarePool()
+    for unknown in (f"{SERVICE_NAME}.NoSuchMethod", "ecrl.v1.NoSuchService.Decide"):
+        with pytest.raises(KeyError):
+            pool.FindFileContainingSymbol(unknown)
 
 
 def test_get_policy_info_describes_the_loaded_models(stub, server):
