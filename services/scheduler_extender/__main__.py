@@ -12,7 +12,7 @@ from gunicorn.app.base import BaseApplication
 
 from ecrl import logs
 from ecrl.errors import ConfigError, Temporary
-from services.scheduler_extender.config import LOG_LEVELS, ExtenderConfig, parse_listen
+from services.scheduler_extender.config import CACHES, LOG_LEVELS, ExtenderConfig, parse_listen
 
 log = logging.getLogger("ecrl.extender")
 SERVICE = "scheduler-extender"
@@ -84,11 +84,18 @@ def build_parser() -> _Parser:
     p.add_argument("--workers", type=int, default=d.workers, help="gunicorn worker processes")
     p.add_argument("--threads", type=int, default=d.threads, help="threads per worker")
     p.add_argument(
+        "--cache",
+        choices=CACHES,
+        default=d.cache,
+        help="how the node/pod view is kept: 'watch' = list + watch, only changes are "
+        "decoded (default); 'list' = re-list every --refresh-interval",
+    )
+    p.add_argument(
         "--refresh-interval",
         type=float,
         default=d.refresh_interval_s,
         metavar="S",
-        help="seconds between node/pod lists (default 2)",
+        help="seconds between node/pod lists with --cache list (default 2)",
     )
     p.add_argument(
         "--max-cache-age",
@@ -111,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> ExtenderConfig:
         scorer_timeout_s=args.scorer_timeout,
         workers=args.workers,
         threads=args.threads,
+        cache=args.cache,
         refresh_interval_s=args.refresh_interval,
         max_cache_age_s=args.max_cache_age,
         log_level=args.log_level,
@@ -124,17 +132,23 @@ def build_app(cfg: ExtenderConfig):
     from services.scheduler_extender.app import create_app
     from services.scheduler_extender.cache import ClusterCache
     from services.scheduler_extender.extender import Extender
+    from services.scheduler_extender.informer import InformerCache
     from services.scheduler_extender.kube import KubeBinder, KubeSource, api_client
     from services.scheduler_extender.scoring import LocalScorer, PolicyServerScorer, Scorer
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # this worker process only
     registry = CollectorRegistry()
     api = api_client(cfg.kubeconfig)
-    cache = ClusterCache(
-        KubeSource(api), cfg.refresh_interval_s, cfg.max_cache_age_s, registry=registry
-    )
+    source = KubeSource(api)
+    cache: ClusterCache | InformerCache
+    if cfg.cache == "watch":
+        cache = InformerCache(source, cfg.max_cache_age_s, registry=registry)
+        warm = cache.sync
+    else:
+        cache = ClusterCache(source, cfg.refresh_interval_s, cfg.max_cache_age_s, registry=registry)
+        warm = cache.refresh
     try:
-        cache.refresh()  # warm before the first request; the thread keeps trying otherwise
+        warm()  # warm before the first request; the threads keep trying otherwise
     except Temporary as exc:
         log.warning(
             "first cluster list failed; failing open until one succeeds",
@@ -146,7 +160,10 @@ def build_app(cfg: ExtenderConfig):
         if cfg.policy_server
         else LocalScorer()
     )
-    log.info("extender worker ready", extra={"scorer": scorer.name, "listen": cfg.listen})
+    log.info(
+        "extender worker ready",
+        extra={"scorer": scorer.name, "cache": cfg.cache, "listen": cfg.listen},
+    )
     return create_app(Extender(cache, scorer, KubeBinder(api)), registry, lambda: cache.ready)
 
 

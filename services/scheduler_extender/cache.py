@@ -1,20 +1,24 @@
-"""The extender's view of the cluster: nodes and bound pods, re-listed every 2 s.
+"""The extender's view of the cluster: nodes and bound pods, and the re-listing cache.
 
 Because the scheduler is ``nodeCacheCapable`` it sends only node names; GPU allocatable and
 what is already requested come from here.
 
-Choice: a **periodic list** (every ``refresh_interval_s``, default 2 s) rather than a
-list+watch. Lists are served from the apiserver's watch cache (``resourceVersion=0``), so
-they are cheap on an edge cluster of a few nodes and pods; there is no resourceVersion
-bookkeeping, no "too old resource version" re-list path, and the view heals by itself after
-an apiserver restart. The price is up to one interval of staleness, which is safe:
-``nvidia.com/gpu`` is not ``ignoredByScheduler``, so kube-scheduler's own NodeResourcesFit
-(which knows the pods it has just assumed) still refuses a node whose slots are taken.
+Two caches hand out the same immutable
+:class:`~services.scheduler_extender.gpu.ClusterSnapshot` (built in a background thread and
+swapped in whole, like the Trimaran collector; handlers only read it):
 
-Like the Trimaran collector, a background thread builds an immutable
-:class:`~services.scheduler_extender.gpu.ClusterSnapshot` and swaps it in; handlers only read
-it. When no list has succeeded yet, or the last success is older than ``max_age_s``
-(apiserver down), :meth:`ClusterCache.snapshot` raises and the handlers fail open.
+- :class:`~services.scheduler_extender.informer.InformerCache` (the default, ``--cache
+  watch``): list + watch, so only changes are decoded;
+- :class:`ClusterCache` here (``--cache list``): a **periodic list** every
+  ``refresh_interval_s`` (default 2 s), served from the apiserver's watch cache
+  (``resourceVersion=0``), with no resourceVersion bookkeeping. Simple and self-healing, but
+  each list decodes every node and pod while holding the GIL, which shows in the request
+  tail on large clusters (BENCHMARKS.md).
+
+Staleness of either is safe: ``nvidia.com/gpu`` is not ``ignoredByScheduler``, so
+kube-scheduler's own NodeResourcesFit (which knows the pods it has just assumed) still
+refuses a node whose slots are taken. When no list has succeeded yet, or the view is older
+than ``max_age_s`` (apiserver down), ``snapshot()`` raises and the handlers fail open.
 """
 
 from __future__ import annotations
@@ -98,6 +102,25 @@ def build_snapshot(node_objs: list[dict], pod_objs: list[dict], taken_at_s: floa
     return ClusterSnapshot.build(nodes, pods, taken_at_s)
 
 
+class CacheMetrics:
+    """The cache metrics both caches export (the re-lister and the informer)."""
+
+    def __init__(self, registry: CollectorRegistry, age_s: Callable[[], float]) -> None:
+        counter = Counter(
+            "ecrl_extender_cache_refreshes",
+            "Cluster lists by outcome (ok, error).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.refreshes = {o: counter.labels(o) for o in ("ok", "error")}
+        age = Gauge(
+            "ecrl_extender_cache_age_seconds",
+            "Age of the node/pod snapshot (+Inf before the first successful list).",
+            registry=registry,
+        )
+        age.set_function(age_s)
+
+
 class ClusterCache:
     """Keeps a fresh :class:`ClusterSnapshot` from a :class:`ClusterSource`."""
 
@@ -117,18 +140,7 @@ class ClusterCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         registry = registry if registry is not None else CollectorRegistry()
-        self.refreshes = Counter(
-            "ecrl_extender_cache_refreshes",
-            "Cluster lists by outcome (ok, error).",
-            ["outcome"],
-            registry=registry,
-        )
-        age = Gauge(
-            "ecrl_extender_cache_age_seconds",
-            "Age of the node/pod snapshot (+Inf before the first successful list).",
-            registry=registry,
-        )
-        age.set_function(self.age_s)
+        self.metrics = CacheMetrics(registry, self.age_s)
 
     def age_s(self) -> float:
         snap = self._snapshot
@@ -144,10 +156,10 @@ class ClusterCache:
         try:
             snap = build_snapshot(self.source.list_nodes(), self.source.list_pods(), taken_at)
         except Exception as exc:  # any client/transport error: keep the old snapshot
-            self.refreshes.labels("error").inc()
+            self.metrics.refreshes["error"].inc()
             raise Temporary(f"cluster list failed: {type(exc).__name__}: {exc}") from exc
         self._snapshot = snap
-        self.refreshes.labels("ok").inc()
+        self.metrics.refreshes["ok"].inc()
         return snap
 
     def snapshot(self) -> ClusterSnapshot:

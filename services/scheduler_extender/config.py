@@ -13,6 +13,8 @@ SCHEDULER_HTTP_TIMEOUT_S = 5.0
 MAX_SCORER_TIMEOUT_S = SCHEDULER_HTTP_TIMEOUT_S / 2
 """The policy-server deadline must leave the call time to answer fail-open in time."""
 LOG_LEVELS = ("debug", "info", "warning", "error")
+CACHES = ("watch", "list")
+"""The two cluster caches (services.scheduler_extender.informer / .cache)."""
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,10 @@ class ExtenderConfig:
     """gunicorn worker processes (each keeps its own cluster cache and metrics)."""
     threads: int = 4
     """Threads per worker (gthread): the scheduler may call filter for one pod while binding."""
+    cache: str = "watch"
+    """``watch``: list + watch (an informer); ``list``: re-list every ``refresh_interval_s``."""
     refresh_interval_s: float = 2.0
-    """Seconds between cluster lists."""
+    """Seconds between cluster lists (``cache="list"``)."""
     max_cache_age_s: float = 10.0
     """An older snapshot (apiserver unreachable) is not trusted: the verbs fail open."""
     log_level: str = "info"
@@ -69,11 +73,13 @@ class ExtenderConfig:
             raise bad("--workers", f"must be in 1..64, got {self.workers}")
         if not 1 <= self.threads <= 64:
             raise bad("--threads", f"must be in 1..64, got {self.threads}")
+        if self.cache not in CACHES:
+            raise bad("--cache", f"must be one of {', '.join(CACHES)}, got {self.cache!r}")
         if not (math.isfinite(self.refresh_interval_s) and 0.1 <= self.refresh_interval_s <= 60):
             raise bad("--refresh-interval", f"must be in 0.1..60, got {self.refresh_interval_s}")
         age_s = self.max_cache_age_s
-        if not (math.isfinite(age_s) and age_s > self.refresh_interval_s):
-            raise bad("--max-cache-age", "must be longer than --refresh-interval")
+        if not (math.isfinite(age_s) and age_s > self.refresh_interval_s and age_s >= 2.0):
+            raise bad("--max-cache-age", "must be ≥ 2 s and longer than --refresh-interval")
         if self.log_level not in LOG_LEVELS:
             raise bad("--log-level", f"must be one of {', '.join(LOG_LEVELS)}")
         return self

@@ -1,12 +1,14 @@
-"""Thin Kubernetes API adapters: list nodes/pods for the cache, and the Binding subresource.
+"""Thin Kubernetes API adapters: list/watch nodes and pods for the caches, and the Binding
+subresource.
 
-Lists ask for raw JSON (``_preload_content=False``): the cache parses the same v1 JSON the
-scheduler sends, and skipping the client's model classes keeps a 2 s re-list cheap.
+Lists and watches ask for raw JSON (``_preload_content=False``): the caches parse the same v1
+JSON the scheduler sends, and skipping the client's model classes keeps them cheap.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 REQUEST_TIMEOUT_S = (2.0, 5.0)
@@ -57,6 +59,47 @@ class KubeSource:
             _request_timeout=REQUEST_TIMEOUT_S,
         )
         return json.loads(resp.data)["items"]
+
+    def _lister(self, kind: str):
+        if kind == "nodes":
+            return self.v1.list_node, {}
+        if kind == "pods":
+            return self.v1.list_pod_for_all_namespaces, {"field_selector": POD_FIELD_SELECTOR}
+        raise ValueError(f"unknown kind {kind!r}")
+
+    def list(self, kind: str) -> tuple[list[dict], str]:
+        """``(items, resourceVersion)`` from the apiserver's watch cache."""
+        fn, kwargs = self._lister(kind)
+        resp = fn(
+            resource_version="0",
+            _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT_S,
+            **kwargs,
+        )
+        doc = json.loads(resp.data)
+        return doc.get("items") or [], doc["metadata"]["resourceVersion"]
+
+    def watch(self, kind: str, resource_version: str, timeout_s: float) -> Iterator[dict]:
+        """Events after ``resource_version`` with bookmarks; the server ends the stream after
+        ``timeout_s``, and a stream silent for 5 s longer raises (read timeout)."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        fn, kwargs = self._lister(kind)
+        resp = fn(
+            watch=True,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=max(int(timeout_s), 1),
+            _preload_content=False,
+            _request_timeout=(REQUEST_TIMEOUT_S[0], timeout_s + 5.0),
+            **kwargs,
+        )
+        try:
+            for line in iter_resp_lines(resp):
+                if line:
+                    yield json.loads(line)
+        finally:
+            resp.release_conn()
 
 
 class KubeBinder:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -30,15 +30,8 @@ NAME = "extender"
 SECOND_NODE = "ecrl-e2e-box2"
 
 
-def wait_until(what: str, probe: Callable[[], object], timeout_s: float = 60.0) -> object:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
+wait_until = partial(procs.wait_until, every_s=0.25)
+"""The testbed's bounded poll (60 s unless told), at this module's pace."""
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +61,7 @@ def extender(testbed: Testbed, namespace: str) -> Iterator[procs.Proc]:
         host_port,
         "--kubeconfig",
         str(testbed.kubeconfig),
-        "--refresh-interval",
-        "1",
-    ]
+    ]  # the default cache: list + watch
     proc = procs.start(testbed.name, NAME, argv, cwd=REPO)
     try:
         procs.wait_http(proc, f"{DEFAULT_EXTENDER_URL}/readyz", timeout_s=60)
@@ -127,12 +118,17 @@ def calls(proc: procs.Proc, verb: str, pod: str) -> list[dict]:
     return out
 
 
-def cache_lists(proc: procs.Proc) -> int:
-    """Successful cluster lists so far (the extender's own metric)."""
+def cache_metric(name: str, labels: str) -> int:
+    """One sample of the extender's own metrics (0 when absent)."""
     with urllib.request.urlopen(f"{DEFAULT_EXTENDER_URL}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    m = re.search(r'^ecrl_extender_cache_refreshes_total\{outcome="ok"\} (\S+)$', text, re.M)
+    m = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
     return int(float(m.group(1))) if m else 0
+
+
+def pod_changes_seen() -> int:
+    """Pod watch events that changed the extender's view so far."""
+    return cache_metric("ecrl_extender_cache_events_total", 'kind="pods",outcome="changed"')
 
 
 def test_gpu_pod_is_filtered_by_the_extender_and_bound_to_box(
@@ -186,11 +182,14 @@ def test_with_two_gpu_nodes_the_scheduler_asks_the_extender_to_prioritize(
     busy = json.loads(gpu_pod("ext-busy", 1))
     busy["spec"]["nodeName"] = "box"
     busy["spec"]["containers"][0]["resources"]["limits"].update(cpu="8", memory="16Gi")
+    lists = cache_metric("ecrl_extender_cache_refreshes_total", 'outcome="ok"')
+    seen = pod_changes_seen()
     testbed.kubectl("apply", "-f", "-", input_text=json.dumps(busy))
     try:
         running_on(testbed, "ext-busy")
-        seen = cache_lists(extender)  # let the extender's cache list the node and the pod
-        wait_until("two more cluster lists", lambda: cache_lists(extender) >= seen + 2, 20)
+        # the extender learns of the bound pod from its watch, not from another list
+        wait_until("the busy pod's watch event", lambda: pod_changes_seen() > seen, 20)
+        assert cache_metric("ecrl_extender_cache_refreshes_total", 'outcome="ok"') == lists
         scored_pod_lands_on_the_idle_node(testbed, extender, second_gpu_node)
     finally:
         delete_pods(testbed, "ext-busy")

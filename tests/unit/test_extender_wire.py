@@ -468,7 +468,7 @@ def test_cache_is_not_ready_before_a_list_and_stale_after_the_apiserver_goes() -
     now[0] += 6.0
     with pytest.raises(Temporary, match="last successful list 11.0 s ago"):
         cache.snapshot()
-    assert cache.refreshes.labels("error")._value.get() == 1
+    assert cache.metrics.refreshes["error"]._value.get() == 1
 
 
 def test_cache_thread_starts_and_stops() -> None:
