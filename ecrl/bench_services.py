@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+import services  # noqa: F401  (first: the clients here use the services' gRPC settings)
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = "ecrl-bench"
 """The only testbed cluster these benchmarks start (and always remove)."""
@@ -602,11 +604,16 @@ def add_nodes(tb, n: int) -> list[str]:
 
 
 def bench_extender(
-    tb, names: list[str], policy_target: str | None, requests: int = 2000, trials: int = 3
+    tb,
+    names: list[str],
+    policy_target: str | None,
+    requests: int = 2000,
+    trials: int = 3,
+    cache: str = "watch",
 ) -> ExtenderFigures:
     """``python -m services.scheduler_extender`` (gunicorn, defaults: 1 worker, 4 threads, log
-    level info) against the testbed's apiserver; sequential POSTs over one keep-alive
-    connection, like kube-scheduler's HTTP client."""
+    level info; ``--cache``) against the testbed's apiserver; sequential POSTs over one
+    keep-alive connection, like kube-scheduler's HTTP client."""
     from ecrl.testbed import procs
     from ecrl.testbed.procs import free_port
 
@@ -619,6 +626,8 @@ def bench_extender(
         f"127.0.0.1:{port}",
         "--kubeconfig",
         str(tb.kubeconfig),
+        "--cache",
+        cache,
     ]
     if policy_target is not None:
         argv += ["--policy-server", policy_target]
@@ -641,7 +650,7 @@ def bench_extender(
         conn.close()
         fail_open = _metric(url, "ecrl_extender_fail_open_total")
         return ExtenderFigures(
-            "policy server" if policy_target else "local",
+            ("policy server" if policy_target else "local") + f", --cache {cache}",
             Latency.median_of(prio),
             Latency.median_of(filt),
             len(names),
@@ -668,8 +677,8 @@ def run(out: Callable[[str], None] = print) -> None:
                 f"missing inputs: {', '.join(t.missing_inputs) or 'none'}"
             )
             names = ["box", *add_nodes(tb, EXTENDER_NODES - 1)]
-            e = bench_extender(tb, names, None)
-            _extender_lines(out, e)
+            _extender_lines(out, bench_extender(tb, names, None))
+            _extender_lines(out, bench_extender(tb, names, None, cache="list"))
             with policy_server(free_port()) as target:
                 _extender_lines(out, bench_extender(tb, names, target))
     except Skipped as exc:
@@ -694,7 +703,7 @@ def run_decide(out: Callable[[str], None] = print) -> None:
 
 
 def _extender_lines(out: Callable[[str], None], e: ExtenderFigures) -> None:
-    what = f"  extender /prioritize, {e.nodes} nodes, {e.scorer} scoring"
+    what = f"  extender /prioritize, {e.nodes} nodes, scoring {e.scorer}"
     out(latency_line(what, e.prioritize, PRIORITIZE_P99_MS))
     out(latency_line(f"  extender /filter, {e.nodes} nodes", e.filter))
     if e.fail_open:
