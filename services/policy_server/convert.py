@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 
-from ecrl.placement import NodeState, PodRequest
+import numpy as np
+
+from ecrl.placement import NodeColumns, NodeState, PodRequest
 from ecrl.schema import SCHEMA_HASH, SCHEMA_VERSION
 from ecrl.v1 import policy_pb2, state_pb2
 
@@ -124,6 +127,38 @@ def score_inputs(
     return (
         request.node_schema_version,
         [node_state(n) for n in request.nodes],
+        PodRequest(request.pod_cpu_cores, request.pod_memory_bytes),
+    )
+
+
+def _column(msgs: Sequence[policy_pb2.NodeState], name: str, dtype: type) -> np.ndarray:
+    return np.fromiter(map(attrgetter(name), msgs), dtype, len(msgs))
+
+
+def score_columns(
+    request: policy_pb2.ScoreNodesRequest,
+) -> tuple[str, NodeColumns, PodRequest]:
+    """:func:`score_inputs` as columns: the server's fast path (no NodeState per node)."""
+    msgs = request.nodes
+    present = np.fromiter((m.HasField("gpu_util_ratio") for m in msgs), bool, len(msgs))
+    cols = NodeColumns(
+        names=tuple(map(attrgetter("name"), msgs)),
+        gpu_count=_column(msgs, "gpu_count", np.int64),
+        gpu_slots_total=_column(msgs, "gpu_slots_total", np.int64),
+        gpu_slots_free=_column(msgs, "gpu_slots_free", np.int64),
+        gpu_speed=_column(msgs, "gpu_speed", np.float64),
+        gpu_util_ratio=np.where(present, _column(msgs, "gpu_util_ratio", np.float64), 0.0),
+        gpu_util_present=present,
+        vram_free_ratio=_column(msgs, "vram_free_ratio", np.float64),
+        cpu_allocatable_cores=_column(msgs, "cpu_allocatable_cores", np.float64),
+        cpu_requested_cores=_column(msgs, "cpu_requested_cores", np.float64),
+        memory_allocatable_bytes=_column(msgs, "memory_allocatable_bytes", np.float64),
+        memory_requested_bytes=_column(msgs, "memory_requested_bytes", np.float64),
+        replicas=_column(msgs, "replicas", np.int64),
+    )
+    return (
+        request.node_schema_version,
+        cols,
         PodRequest(request.pod_cpu_cores, request.pod_memory_bytes),
     )
 

@@ -96,7 +96,7 @@ class PolicyServicer:
         def work() -> tuple[Message, str]:
             request = _parse(policy_pb2.ScoreNodesRequest, raw)
             self._check_deadline(context, self.core.expected_score_s())
-            scores = self.core.score_nodes(*convert.score_inputs(request))
+            scores = self.core.score_columns(*convert.score_columns(request))
             return convert.score_response(scores), _outcome(scores.fallback)
 
         return self._serve("ScoreNodes", context, work)

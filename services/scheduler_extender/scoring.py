@@ -32,13 +32,13 @@ import numpy as np
 from ecrl.errors import Permanent, Temporary
 from ecrl.placement import (
     MAX_EXTENDER_PRIORITY,
-    MAX_NODE_SCORE,
     NODE_SCHEMA_VERSION,
     KubeDefaultScorer,
     NodeScorer,
     NodeState,
     PodRequest,
     extender_priorities,
+    kube_plugin_scores,
 )
 from services.scheduler_extender.gpu import ClusterSnapshot, NodeTable, pod_request
 from services.scheduler_extender.wire import HostPriority, Pod
@@ -78,9 +78,6 @@ class LocalScorer:
 
 
 _PLUGINS = ("least-allocated", "balanced-allocation")
-_EXACT_INT = float(2**53)
-"""Below this, int64 arithmetic and float64 division give exactly Python's int results
-(``(alloc − req)·100`` stays far from overflow and ints convert to floats exactly)."""
 
 
 def _vectorizable_plugins(scorer: NodeScorer) -> tuple[str, ...] | None:
@@ -134,42 +131,12 @@ def kube_default_scores(
         and (mem_used >= 0).all()
     ):
         return None  # check_nodes refuses these; let the per-node path say so
-    # resource_allocation.go: requested includes the pod; CPU in millicores, memory in bytes
-    req_c = np.rint(1000.0 * (cpu_used + pod.cpu_cores))
-    alloc_c = np.rint(1000.0 * table.cpu_alloc[sel])
-    req_m = np.rint(mem_used + pod.memory_bytes)
-    alloc_m = np.rint(table.mem_alloc[sel])
-    if max(req_c.max(), alloc_c.max(), req_m.max(), alloc_m.max()) > _EXACT_INT:
+    plugin = kube_plugin_scores(
+        cpu_used, table.cpu_alloc[sel], mem_used, table.mem_alloc[sel], pod_request(pod)
+    )
+    if plugin is None:
         return None
-    req_c, alloc_c = req_c.astype(np.int64), alloc_c.astype(np.int64)
-    req_m, alloc_m = req_m.astype(np.int64), alloc_m.astype(np.int64)
-    has_c, has_m = alloc_c != 0, alloc_m != 0
-    total = np.zeros(len(sel), dtype=np.int64)
-    for plugin in plugins:
-        if plugin == "least-allocated":
-            total += _least_allocated(req_c, alloc_c, has_c, req_m, alloc_m, has_m)
-        else:
-            total += _balanced_allocation(req_c, alloc_c, has_c, req_m, alloc_m, has_m)
-    return total.astype(np.float64)
-
-
-def _least_term(req: np.ndarray, alloc: np.ndarray, has: np.ndarray) -> np.ndarray:
-    """``0 if req > alloc else (alloc − req)·100 // alloc`` (0 where alloc is 0: skipped)."""
-    term = (alloc - req) * MAX_NODE_SCORE // np.where(has, alloc, 1)
-    return np.where(has & (req <= alloc), term, 0)
-
-
-def _least_allocated(req_c, alloc_c, has_c, req_m, alloc_m, has_m) -> np.ndarray:
-    total = _least_term(req_c, alloc_c, has_c) + _least_term(req_m, alloc_m, has_m)
-    weights = has_c.astype(np.int64) + has_m
-    return np.where(weights > 0, total // np.maximum(weights, 1), 0)
-
-
-def _balanced_allocation(req_c, alloc_c, has_c, req_m, alloc_m, has_m) -> np.ndarray:
-    frac_c = np.minimum(np.divide(req_c, alloc_c, out=np.zeros(len(req_c)), where=has_c), 1.0)
-    frac_m = np.minimum(np.divide(req_m, alloc_m, out=np.zeros(len(req_m)), where=has_m), 1.0)
-    std = np.where(has_c & has_m, np.abs((frac_c - frac_m) / 2), 0.0)
-    return np.trunc((1 - std) * MAX_NODE_SCORE).astype(np.int64)
+    return sum((plugin[p] for p in plugins), np.zeros(len(sel), np.int64)).astype(np.float64)
 
 
 def _extender_priorities(s: np.ndarray) -> np.ndarray:
