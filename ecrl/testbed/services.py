@@ -125,7 +125,6 @@ class Services:
             f"--listen={self.extender_url.removeprefix('http://')}",
             f"--kubeconfig={self.tb.kubeconfig}",
             f"--policy-server={self.policy_target}",
-            "--refresh-interval=1",
             "--workers=1",
         ]
         return self._start(
