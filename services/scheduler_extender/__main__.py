@@ -167,6 +167,14 @@ def build_app(cfg: ExtenderConfig):
     return create_app(Extender(cache, scorer, KubeBinder(api)), registry, lambda: cache.ready)
 
 
+KEEPALIVE_S = 120
+"""Idle keep-alive connections stay open longer than kube-scheduler keeps them (its extender
+client uses Go's default transport: IdleConnTimeout 90 s). With gunicorn's default of 5 s,
+a scheduler calling about every 5 s — one pod per 5-s actuator tick — sometimes sent its POST
+on a connection gunicorn was closing; Go does not retry a POST, the ignorable extender was
+skipped, and that pod was placed without it (seen once in the rl e2e test)."""
+
+
 def gunicorn_options(cfg: ExtenderConfig) -> dict:
     """gunicorn settings; logging goes through ecrl.logs' JSON formatter like every service."""
     return {
@@ -176,7 +184,7 @@ def gunicorn_options(cfg: ExtenderConfig) -> dict:
         "threads": cfg.threads,
         "timeout": 30,
         "graceful_timeout": 5,
-        "keepalive": 5,
+        "keepalive": KEEPALIVE_S,
         "preload_app": False,  # each worker builds its own cache thread after the fork
         "proc_name": "ecrl-scheduler-extender",
         "control_socket_disable": True,

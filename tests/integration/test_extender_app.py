@@ -185,6 +185,8 @@ def test_health_and_readiness() -> None:
         (["--policy-server", "no-port"], "--policy-server"),
         (["--kubeconfig", "/does/not/exist"], "--kubeconfig"),
         (["--log-level", "loud"], "--log-level"),
+        (["--cache", "poll"], "--cache"),
+        (["--max-cache-age", "1"], "--max-cache-age"),
         (["--frobnicate"], "--frobnicate"),
     ],
 )
@@ -207,3 +209,12 @@ def test_help_shows_examples(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exc.value.code == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_keep_alive_outlives_the_schedulers_idle_connections() -> None:
+    """gunicorn must not close a connection kube-scheduler may still reuse (Go's default
+    transport keeps idle connections 90 s), or a POST sent as it closes is lost."""
+    from services.scheduler_extender.__main__ import gunicorn_options
+    from services.scheduler_extender.config import ExtenderConfig
+
+    assert gunicorn_options(ExtenderConfig())["keepalive"] > 90
