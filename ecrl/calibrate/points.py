@@ -100,11 +100,7 @@ class SweepConfig:
 
     def model_config(self, max_batch: int, instances: int) -> dict:
         """The Triton model-config JSON sent as ``parameters.config`` (load-with-config)."""
-        return {
-            "max_batch_size": max_batch,
-            "dynamic_batching": {"max_queue_delay_microseconds": self.max_queue_delay_us},
-            "instance_group": [{"count": instances, "kind": "KIND_GPU"}],
-        }
+        return serving.load_config(max_batch, self.max_queue_delay_us, instances)
 
     def probe_sizes(self, max_batch: int) -> tuple[int, ...]:
         """Images per request in the batch-time probe of ``max_batch``: 1, 2, 4, … and itself.

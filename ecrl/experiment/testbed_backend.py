@@ -113,19 +113,11 @@ def load_baseline_config(ep: TestbedEndpoints) -> None:
     from ecrl.twin.spec import DeploymentSpec
     from services.collector.observation import Batching
     from services.collector.sources import model_config
+    from services.scheduler_extender.actuator.apply import TritonLoader
 
     d = DeploymentSpec()
     config = model_config(Batching(d.max_batch_size, d.batch_delay_s, d.instance_count))
-    body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
-    req = urllib.request.Request(
-        f"{ep.triton_http}/v2/repository/models/mobilenetv4/load",
-        data=body,
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"load-with-config answered HTTP {resp.status}")
+    TritonLoader(ep.triton_http, timeout_s=60).load(config)
 
 
 class ConfigSampler:

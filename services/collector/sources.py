@@ -33,6 +33,7 @@ from prometheus_api_client import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from ecrl.errors import Temporary
+from ecrl.serving import load_config
 
 from .observation import Batching, Sample
 from .queries import Query
@@ -277,14 +278,12 @@ def parse_model_config(config: Any, *, placed: bool = True) -> Batching:
 
 
 def model_config(batching: Batching) -> dict[str, Any]:
-    """The model configuration a load-with-config sends for ``batching``: the inverse of
-    :func:`parse_model_config`, written next to it so that what the actuator and the testbed
-    load is what the collector reads back."""
-    return {
-        "max_batch_size": int(batching.max_batch_size),
-        "dynamic_batching": {"max_queue_delay_microseconds": round(batching.batch_delay_s * 1e6)},
-        "instance_group": [{"count": int(batching.instance_count), "kind": "KIND_GPU"}],
-    }
+    """The load-with-config body for ``batching`` (:func:`ecrl.serving.load_config`): the
+    inverse of :func:`parse_model_config`, so that what the actuator and the testbed load is
+    what the collector reads back."""
+    return load_config(
+        batching.max_batch_size, round(batching.batch_delay_s * 1e6), batching.instance_count
+    )
 
 
 class TritonSource:
