@@ -206,9 +206,11 @@ def request_errors() -> tuple[type[BaseException], ...]:
     return (InferenceServerException, aiohttp.ClientError, OSError, TimeoutError, BadResponse)
 
 
-def summarize(
-    records: Sequence[tuple[float, float, bool, str | None]], w0: float, w1: float
-) -> ClientStats:
+Record = tuple[float, float, bool, str | None]
+"""(completed at, latency, succeeded, first line of the error) of one request."""
+
+
+def summarize(records: Sequence[Record], w0: float, w1: float) -> ClientStats:
     """Client figures over the requests that completed inside [w0, w1].
 
     ``records`` are (completion time, latency s, ok, error text); latency quantiles are over
@@ -232,6 +234,26 @@ def summarize(
     )
 
 
+async def _timed_send(
+    send: Callable[[], Awaitable[None]],
+    timeout_s: float,
+    errors: tuple[type[BaseException], ...],
+    clock: Callable[[], float],
+    records: list[Record],
+) -> bool:
+    """One request, timed and appended to ``records``; False when it failed."""
+    start = clock()
+    try:
+        await asyncio.wait_for(send(), timeout_s)
+    except errors as exc:
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        records.append((clock(), clock() - start, False, text))
+        return False
+    done = clock()
+    records.append((done, done - start, True, None))
+    return True
+
+
 async def closed_loop(
     senders: Sequence[Callable[[], Awaitable[None]]],
     warmup_s: float,
@@ -246,21 +268,13 @@ async def closed_loop(
     Returns the client figures of the window and the two snapshots (before, after). Clients
     stop sending after the window and finish their request in flight (up to ``timeout_s``).
     """
-    records: list[tuple[float, float, bool, str | None]] = []
+    records: list[Record] = []
     stop = asyncio.Event()
 
     async def client(send: Callable[[], Awaitable[None]]) -> None:
         while not stop.is_set():
-            start = clock()
-            try:
-                await asyncio.wait_for(send(), timeout_s)
-            except errors as exc:
-                text = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-                records.append((clock(), clock() - start, False, text))
+            if not await _timed_send(send, timeout_s, errors, clock, records):
                 await asyncio.sleep(ERROR_BACKOFF_S)
-                continue
-            done = clock()
-            records.append((done, done - start, True, None))
 
     tasks = [asyncio.create_task(client(s)) for s in senders]
     try:
@@ -289,19 +303,11 @@ async def sequential(
     With one request in the server at a time, Triton executes each request alone, so its
     counters give the exact execution time of a batch of that request's size.
     """
-    records: list[tuple[float, float, bool, str | None]] = []
+    records: list[Record] = []
     before = await snapshot()
     w0 = clock()
     for _ in range(count):
-        start = clock()
-        try:
-            await asyncio.wait_for(send(), timeout_s)
-        except errors as exc:
-            text = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-            records.append((clock(), clock() - start, False, text))
-            continue
-        done = clock()
-        records.append((done, done - start, True, None))
+        await _timed_send(send, timeout_s, errors, clock, records)
     w1 = clock()
     after = await snapshot()
     return summarize(records, w0, w1), before, after
