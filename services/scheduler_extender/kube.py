@@ -38,7 +38,8 @@ def api_client(kubeconfig: Path | None):
 
 
 class KubeSource:
-    """:class:`~services.scheduler_extender.cache.ClusterSource` over CoreV1Api."""
+    """:class:`~services.scheduler_extender.cache.ClusterSource` (re-lists) and
+    :class:`~services.scheduler_extender.informer.WatchSource` (list + watch) over CoreV1Api."""
 
     def __init__(self, api) -> None:
         from kubernetes import client
@@ -46,19 +47,10 @@ class KubeSource:
         self.v1 = client.CoreV1Api(api)
 
     def list_nodes(self) -> list[dict]:
-        resp = self.v1.list_node(
-            resource_version="0", _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
-        )
-        return json.loads(resp.data)["items"]
+        return self.list("nodes")[0]
 
     def list_pods(self) -> list[dict]:
-        resp = self.v1.list_pod_for_all_namespaces(
-            resource_version="0",
-            field_selector=POD_FIELD_SELECTOR,
-            _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT_S,
-        )
-        return json.loads(resp.data)["items"]
+        return self.list("pods")[0]
 
     def _lister(self, kind: str):
         if kind == "nodes":
