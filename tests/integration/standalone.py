@@ -1,10 +1,14 @@
 """The data-plane emulator in standalone mode (Triton's HTTP/gRPC/metrics API, no cluster) as a
-subprocess for integration tests: free loopback ports, ready before use, always stopped."""
+subprocess for integration tests: free loopback ports, ready before use, always stopped.
+
+Its log goes to a temporary file, not a pipe: nobody reads a pipe while a test runs, and a
+chatty emulator would block once the pipe's buffer filled."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,23 +26,31 @@ def standalone_emulator(
     argv = [sys.executable, "-m", "ecrl.emulator", "standalone", "--host", host]
     argv += ["--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"])]
     argv += ["--metrics-port", str(ports["metrics"]), *args]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + timeout_s
-        url = f"http://{host}:{ports['http']}/v2/health/ready"
-        while True:
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+
+        def log_tail() -> str:
+            log.seek(0)
+            return log.read()[-3000:].decode(errors="replace")
+
+        try:
+            deadline = time.monotonic() + timeout_s
+            url = f"http://{host}:{ports['http']}/v2/health/ready"
+            while True:
+                try:
+                    with urllib.request.urlopen(url, timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert proc.poll() is None, f"emulator exited ({proc.returncode}):\n{log_tail()}"
+                assert time.monotonic() < deadline, f"emulator not ready in {timeout_s:.0f} s"
+                time.sleep(0.1)
+            yield ports
+        finally:
+            proc.terminate()
             try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, f"emulator not ready in {timeout_s:.0f} s"
-            time.sleep(0.1)
-        yield ports
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        if proc.stderr:
-            proc.stderr.close()
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -31,17 +31,23 @@ def node(name: str, free: int, speed: float) -> NodeState:
     )
 
 
-def test_prioritize_scores_come_from_the_policy_servers_scorer() -> None:
-    config = ServerConfig(
-        policy_path=builtin_policy_path(),
-        scorer_path=str(SCORER),
-        listen="127.0.0.1:0",
-        metrics_listen=None,
-        reload_interval_s=0,
+def scorer_server() -> PolicyServer:
+    """A policy server on a free port with the packaged policy and the packaged scorer."""
+    return PolicyServer(
+        ServerConfig(
+            policy_path=builtin_policy_path(),
+            scorer_path=str(SCORER),
+            listen="127.0.0.1:0",
+            metrics_listen=None,
+            reload_interval_s=0,
+        )
     )
+
+
+def test_prioritize_scores_come_from_the_policy_servers_scorer() -> None:
     nodes = [node("busy", 1, 1.0), node("idle-fast", 4, 1.7), node("idle-slow", 4, 0.5)]
     pod = PodRequest(cpu_cores=2.0, memory_bytes=4 * 2**30)
-    with PolicyServer(config) as srv:
+    with scorer_server() as srv:
         scorer = PolicyServerScorer(f"127.0.0.1:{srv.port}", timeout_s=2.0)
         priorities = scorer.score(nodes, pod)
     assert len(priorities) == 3 and all(0 <= p <= 10 for p in priorities)
@@ -88,14 +94,7 @@ def test_prebuilt_request_path_gives_the_policy_client_answers() -> None:
         def score(self, nodes, pod):
             return self.inner.score(nodes, pod)
 
-    config = ServerConfig(
-        policy_path=builtin_policy_path(),
-        scorer_path=str(SCORER),
-        listen="127.0.0.1:0",
-        metrics_listen=None,
-        reload_interval_s=0,
-    )
-    with PolicyServer(config) as srv:
+    with scorer_server() as srv:
         scorer = PolicyServerScorer(f"127.0.0.1:{srv.port}", timeout_s=2.0)
         fast = priority_scores(snap, pod, names, scorer)
         again = priority_scores(snap, pod, names, scorer)  # the memoized messages

@@ -7,10 +7,6 @@ Locust never runs inside pytest: ``import locust`` monkey-patches the standard l
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,6 +15,7 @@ import pytest
 
 from ecrl.load.locust_run import HISTORY_COLUMNS, LocustRunError, run_locust
 from ecrl.testbed.procs import free_port
+from tests.integration.standalone import standalone_emulator
 
 pytestmark = pytest.mark.slow
 
@@ -32,52 +29,12 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def emulator() -> Iterator[Server]:
     if importlib.util.find_spec("ecrl.emulator") is None:
         pytest.skip("emulator not available")
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    log_path = tmp_path_factory.mktemp("emulator") / "emulator.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "ecrl.emulator",
-        "standalone",
-        "--pods",
-        "1",
-        "--http-port",
-        str(http),
-        "--grpc-port",
-        str(grpc),
-        "--metrics-port",
-        str(metrics),
-        "--time-scale",
-        "1",
-    ]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        ready_url = f"http://127.0.0.1:{http}/v2/health/ready"
-        while True:
-            try:
-                with urllib.request.urlopen(ready_url, timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"emulator exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"emulator not ready in {READY_TIMEOUT_S:.0f} s")
-            time.sleep(0.1)
-        yield Server(http_url=f"http://127.0.0.1:{http}", grpc_url=f"127.0.0.1:{grpc}")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    args = ("--pods", "1", "--time-scale", "1")
+    with standalone_emulator(*args, timeout_s=READY_TIMEOUT_S) as ports:
+        yield Server(f"http://127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}")
 
 
 def test_locust_step_shape_with_http_and_grpc_users_succeeds(emulator: Server, tmp_path):

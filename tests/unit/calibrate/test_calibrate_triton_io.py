@@ -83,28 +83,34 @@ class LoopClock:
         return asyncio.get_running_loop().time()
 
 
+class InFlight:
+    """A fake request taking ``delay_s`` that records the most requests in flight at once."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s, self.now, self.peak = delay_s, 0, 0
+
+    async def send(self) -> None:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        await asyncio.sleep(self.delay_s)
+        self.now -= 1
+
+
 def test_closed_loop_keeps_one_request_per_client_in_flight() -> None:
-    in_flight = 0
-    peak = 0
-
-    async def send() -> None:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.02)
-        in_flight -= 1
-
+    counter = InFlight(0.02)
     snaps = itertools.count()
 
     async def snapshot() -> int:
         return next(snaps)
 
     async def main():
-        return await closed_loop([send] * 4, 0.05, 0.4, 1.0, snapshot, (OSError,), LoopClock())
+        return await closed_loop(
+            [counter.send] * 4, 0.05, 0.4, 1.0, snapshot, (OSError,), LoopClock()
+        )
 
     stats, before, after = asyncio.run(main())
     assert (before, after) == (0, 1)
-    assert peak == 4
+    assert counter.peak == 4
     # 4 clients × 20 ms per request → at most 200 req/s; a busy box only makes it slower
     assert 50 <= stats.throughput_rps <= 210
     assert stats.failed == 0
@@ -131,18 +137,10 @@ def test_failures_count_and_time_out() -> None:
 
 
 def test_sequential_sends_one_at_a_time() -> None:
-    in_flight = 0
-    peak = 0
-
-    async def send() -> None:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.001)
-        in_flight -= 1
+    counter = InFlight(0.001)
 
     async def snapshot() -> None:
         return None
 
-    stats, _, _ = asyncio.run(sequential(send, 7, 1.0, snapshot, (OSError,)))
-    assert stats.ok == 7 and peak == 1
+    stats, _, _ = asyncio.run(sequential(counter.send, 7, 1.0, snapshot, (OSError,)))
+    assert stats.ok == 7 and counter.peak == 1
