@@ -24,7 +24,6 @@ from ecrl.placement import (
     NodeState,
     PodRequest,
     check_nodes,
-    columns_pass_check_nodes,
     extender_priorities,
     node_features_columns,
 )
@@ -163,8 +162,11 @@ def validate_nodes(node_schema_version: str, nodes: Sequence[NodeState], pod: Po
 
 
 def columns_valid(node_schema_version: str, cols: NodeColumns, pod: PodRequest) -> bool:
-    """Every rule of :func:`validate_nodes` as vector tests. False does not mean invalid, only
-    "let :func:`validate_nodes` decide" (it raises naming the first bad node and field)."""
+    """The rules :func:`validate_nodes` adds to ``check_nodes``, as vector tests. False does
+    not mean invalid, only "let :func:`validate_nodes` decide" (it raises naming the first bad
+    node and field). ``check_nodes``'s own rules are tested once, by the columnar scorers
+    (``node_features_columns``, ``KubeDefaultScorer.score_columns``), which hand what fails
+    them to the per-node code, where ``check_nodes`` raises the same message."""
     if node_schema_version != NODE_SCHEMA_VERSION or len(cols) > MAX_NODES:
         return False
     if not (0 <= pod.cpu_cores <= MAX_CORES and 0 <= pod.memory_bytes <= MAX_BYTES):
@@ -180,7 +182,7 @@ def columns_valid(node_schema_version: str, cols: NodeColumns, pod: PodRequest) 
             ok |= ~cols.gpu_util_present
         if not ok.all():
             return False
-    return columns_pass_check_nodes(cols, pod)
+    return True
 
 
 def _run_policy(model: PolicyModel, x: np.ndarray, m: np.ndarray) -> tuple[tuple[int, ...], float]:
@@ -287,8 +289,8 @@ class PolicyCore:
         ):
             return self.score_nodes(node_schema_version, cols.states(), pod)
         if model is None:
+            default = _DEFAULT_SCORER.score_columns(cols, pod)  # raises before it is counted
             self.metrics.fallback_decisions.labels("ScoreNodes", snap.fallback.value).inc()
-            default = _DEFAULT_SCORER.score_columns(cols, pod)
             return _scores(cols.names, default, KUBE_DEFAULT_VERSION, snap.fallback)
         x = node_features_columns(cols, pod)
         if x is None:
