@@ -77,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tls-cert", metavar="PEM", help="server certificate (turns TLS on, needs --tls-key)")
     add("--tls-key", metavar="PEM", help="private key of --tls-cert")
     add("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA")
-    add("--max-workers", metavar="N", help="gRPC worker threads (default 8)")
+    add(
+        "--max-concurrent-rpcs",
+        metavar="N",
+        help="calls in flight at once; more get RESOURCE_EXHAUSTED (default 0 = no limit)",
+    )
     add("--grace", metavar="SECONDS", help="drain time on SIGTERM (default 5)")
     add(
         "--deadline-margin",
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _NUMBERS = {
     "reload_interval_s": float,
-    "max_workers": int,
+    "max_concurrent_rpcs": int,
     "grace_s": float,
     "deadline_margin_s": float,
 }

@@ -50,8 +50,11 @@ class ServerConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
-    max_workers: int = field(default=8, metadata=bounds(1, 256, "threads"))
-    """gRPC worker threads; a decision takes well under a millisecond, so few are plenty."""
+    max_concurrent_rpcs: int = field(default=0, metadata=bounds(0, 100_000, "0 = no limit"))
+    """Calls in flight at once; more are refused with RESOURCE_EXHAUSTED, which the clients
+    treat as "retry later". 0 (the default) sets no limit, like the default thread-pool
+    server's unbounded queue: calls are served one after another on the event loop (a
+    decision takes well under a millisecond), and gRPC's limiter costs time on every call."""
     grace_s: float = field(default=5.0, metadata=bounds(0.0, 300.0, "seconds"))
     """On SIGTERM, how long in-flight requests may finish (inside Kubernetes' 30 s grace)."""
     deadline_margin_s: float = field(default=0.0005, metadata=bounds(0.0, 10.0, "seconds"))
@@ -91,7 +94,7 @@ FLAGS = {
     "tls_cert": "--tls-cert",
     "tls_key": "--tls-key",
     "tls_client_ca": "--tls-client-ca",
-    "max_workers": "--max-workers",
+    "max_concurrent_rpcs": "--max-concurrent-rpcs",
     "grace_s": "--grace",
     "deadline_margin_s": "--deadline-margin",
     "log_level": "--log-level",

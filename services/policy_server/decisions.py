@@ -185,8 +185,10 @@ def columns_valid(node_schema_version: str, cols: NodeColumns, pod: PodRequest) 
     return True
 
 
-def _run_policy(model: PolicyModel, x: np.ndarray, m: np.ndarray) -> tuple[tuple[int, ...], float]:
-    """Greedy action and value of one validated state and mask.
+def _run_policy(
+    model: PolicyModel, x: np.ndarray, m: np.ndarray
+) -> tuple[list[tuple[int, ...]], list[float]]:
+    """Greedy actions and values of validated states and masks (``[N, ·]``, one graph run).
 
     A :class:`PolicyModel`'s session is run directly: :func:`validate_state` and
     :func:`validate_mask` already enforce everything ``PolicyModel.decide_raw`` re-checks
@@ -195,13 +197,12 @@ def _run_policy(model: PolicyModel, x: np.ndarray, m: np.ndarray) -> tuple[tuple
     (a test double) goes through its ``decide_raw``.
     """
     if isinstance(model, PolicyModel):
-        action, _logits, value = model.session.run(
-            _OUTPUTS, {STATE_INPUT: x[None, :], MASK_INPUT: m[None, :]}
-        )
+        action, _logits, value = model.session.run(_OUTPUTS, {STATE_INPUT: x, MASK_INPUT: m})
     else:
-        raw = model.decide_raw(x[None, :], m[None, :])
+        raw = model.decide_raw(x, m)
         action, value = np.asarray(raw.action), np.asarray(raw.value)
-    return tuple(action[0].tolist()), float(value.reshape(-1)[0])
+    actions = [tuple(row) for row in np.asarray(action).reshape(len(x), -1).tolist()]
+    return actions, np.asarray(value, dtype=float).reshape(-1).tolist()
 
 
 class PolicyCore:
@@ -227,27 +228,55 @@ class PolicyCore:
     # ------------------------------------------------------------------------- decide
     def decide(self, state: StateInput, mask: Sequence[bool]) -> Decision:
         """The learned policy's greedy action, or the HPA heuristic when none is loaded."""
-        x = validate_state(state)
-        m = validate_mask(mask)
+        return self.decide_valid([self.validate(state, mask)])[0]
+
+    @staticmethod
+    def validate(state: StateInput, mask: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+        """One request's state and mask as arrays, or InvalidRequest naming the field."""
+        return validate_state(state), validate_mask(mask)
+
+    def decide_valid(self, requests: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Decision]:
+        """Decisions for validated (state, mask) pairs, in one run of the policy graph.
+
+        The graph is row-independent (an MLP per state), so a batch gives each request the
+        answer it would get alone. If the run fails, every request is answered by the
+        heuristic; an answer outside its own mask falls back for that request only.
+        """
         snap = self.store.policy.current  # one read: a reload cannot change it under us
         if snap.model is None:
-            return self._heuristic(x, m, snap.fallback)
+            return [self._heuristic(x, m, snap.fallback) for x, m in requests]
         try:
-            action, value = _run_policy(snap.model, x, m)
-            allowed = all(
-                0 <= a < n and m[o + a] for a, n, o in zip(action, NVEC, OFFSETS, strict=True)
+            actions, values = _run_policy(
+                snap.model,
+                np.stack([x for x, _ in requests]),
+                np.stack([m for _, m in requests]),
             )
-            if not (allowed and math.isfinite(value)):
-                raise ValueError(f"action {action} outside the mask or value {value}")
         except InvalidRequest:
             raise
         except Exception as exc:  # a broken graph must not fail the caller: heuristic answers
             log.error(
                 "policy failed on a request; heuristic answered",
-                extra={"version": snap.version, "err": str(exc)},
+                extra={"version": snap.version, "err": str(exc), "batch": len(requests)},
             )
-            return self._heuristic(x, m, Fallback.MODEL_ERROR)
-        return Decision(action, value, snap.version, Fallback.NONE)
+            return [self._heuristic(x, m, Fallback.MODEL_ERROR) for x, m in requests]
+        return [
+            self._checked(snap.version, action, value, x, m)
+            for action, value, (x, m) in zip(actions, values, requests, strict=True)
+        ]
+
+    def _checked(
+        self, version: str, action: tuple[int, ...], value: float, x: np.ndarray, m: np.ndarray
+    ) -> Decision:
+        allowed = len(action) == len(NVEC) and all(
+            0 <= a < n and m[o + a] for a, n, o in zip(action, NVEC, OFFSETS, strict=True)
+        )
+        if allowed and math.isfinite(value):
+            return Decision(action, value, version, Fallback.NONE)
+        log.error(
+            "policy failed on a request; heuristic answered",
+            extra={"version": version, "err": f"action {action} outside the mask or value {value}"},
+        )
+        return self._heuristic(x, m, Fallback.MODEL_ERROR)
 
     def _heuristic(self, x: np.ndarray, m: np.ndarray, reason: Fallback) -> Decision:
         self.metrics.fallback_decisions.labels("Decide", reason.value).inc()

@@ -28,6 +28,9 @@ DECISION_BUCKETS_S = (
 )
 """A small ONNX MLP decides in tens of microseconds to a millisecond: fine buckets below 10 ms."""
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+"""Batch sizes up to the batcher's bound (64)."""
+
 COMPONENTS = ("policy", "scorer")
 FALLBACK_REASONS = ("no_model", "schema_mismatch", "model_error")
 
@@ -43,6 +46,13 @@ class ServerMetrics:
             "Time to handle one request in the server, by RPC and outcome.",
             ["rpc", "outcome"],
             buckets=DECISION_BUCKETS_S,
+            registry=r,
+        )
+        self.decide_batch_size = Histogram(
+            "ecrl_policy_decide_batch_size",
+            "Decide requests answered by one run of the policy graph (requests that arrive "
+            "together are batched).",
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.requests = Counter(

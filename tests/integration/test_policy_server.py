@@ -6,6 +6,7 @@ through the generated stubs, the health and reflection clients, and the metrics 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -487,6 +488,44 @@ def test_a_policy_failing_on_a_request_is_answered_by_the_heuristic(start_server
     assert m[key] == 1
 
 
+def test_concurrent_decides_are_batched_and_each_gets_its_own_answer(start_server, twin_state):
+    """64 calls in flight on one channel: the server runs the policy graph for several at
+    once (the batch-size histogram says so), each answer equals the one the same request
+    gets alone, and a bad request in the burst is refused alone."""
+    srv = start_server(reload_interval_s=0)
+    values, mask = twin_state
+    rng = np.random.default_rng(7)
+    states = [np.clip(values + rng.normal(0, 0.3, len(values)), -5, 5) for _ in range(63)]
+    bad = [float("nan")] * STATE_DIM
+    target = f"127.0.0.1:{srv.port}"
+    with grpc.insecure_channel(target) as channel:
+        stub = policy_pb2_grpc.PolicyServiceStub(channel)
+        alone = [stub.Decide(decide_request(s, mask), timeout=5) for s in states]
+
+    async def burst() -> list[Any]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            aio_stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            calls = [aio_stub.Decide(decide_request(s, mask), timeout=10) for s in states]
+            calls.insert(31, aio_stub.Decide(decide_request(bad, mask), timeout=10))
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = asyncio.run(burst())
+    refused = answers.pop(31)
+    assert isinstance(refused, grpc.aio.AioRpcError)
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "state.values[0]" in refused.details()
+    for one, together in zip(alone, answers, strict=True):
+        assert not isinstance(together, BaseException), together
+        assert list(together.action) == list(one.action)
+        assert together.value == pytest.approx(one.value, rel=1e-5, abs=1e-6)
+        assert together.fallback_reason == policy_pb2.FALLBACK_REASON_UNSPECIFIED
+    m = metrics_of(srv)
+    batches = m[("ecrl_policy_decide_batch_size_count", ())]
+    requests = m[("ecrl_policy_decide_batch_size_sum", ())]
+    assert requests == 2 * 63  # every valid request decided once, the bad one never
+    assert batches < 63 + 63  # at least one run of the graph decided several requests
+
+
 # -------------------------------------------------------------------------- hot reload
 @pytest.mark.slow
 def test_hot_reload_swaps_the_policy_with_zero_failed_requests(start_server, tmp_path, twin_state):
@@ -758,7 +797,7 @@ def test_help_lists_every_flag_with_examples():
         check=True,
     ).stdout
     for flag in ("--policy", "--scorer", "--listen", "--metrics-listen", "--reload-interval",
-                 "--tls-cert", "--tls-key", "--tls-client-ca", "--max-workers", "--log-level"):  # fmt: skip
+                 "--tls-cert", "--tls-key", "--tls-client-ca", "--max-concurrent-rpcs", "--log-level"):  # fmt: skip
         assert flag in out
     assert "examples:" in out
 
