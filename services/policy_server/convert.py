@@ -131,31 +131,43 @@ def score_inputs(
     )
 
 
-def _column(msgs: Sequence[policy_pb2.NodeState], name: str, dtype: type) -> np.ndarray:
-    return np.fromiter(map(attrgetter(name), msgs), dtype, len(msgs))
+_NUMERIC = (
+    "gpu_count",
+    "gpu_slots_total",
+    "gpu_slots_free",
+    "gpu_speed",
+    "gpu_util_ratio",
+    "vram_free_ratio",
+    "cpu_allocatable_cores",
+    "cpu_requested_cores",
+    "memory_allocatable_bytes",
+    "memory_requested_bytes",
+    "replicas",
+)
+"""The numeric ``NodeState`` fields, read in one C-level getter call per message."""
+_INTEGER = frozenset({"gpu_count", "gpu_slots_total", "gpu_slots_free", "replicas"})
+"""int32 in the proto: exact through float64, returned as int64 columns."""
+_read_numeric = attrgetter(*_NUMERIC)
 
 
 def score_columns(
     request: policy_pb2.ScoreNodesRequest,
 ) -> tuple[str, NodeColumns, PodRequest]:
-    """:func:`score_inputs` as columns: the server's fast path (no NodeState per node)."""
+    """:func:`score_inputs` as columns: the server's fast path (no NodeState per node).
+
+    One pass over the messages reads every numeric field (a twelfth of the per-field passes'
+    wrapper fetches); an absent ``gpu_util_ratio`` reads as proto's 0.0 and is marked absent.
+    """
     msgs = request.nodes
-    present = np.fromiter((m.HasField("gpu_util_ratio") for m in msgs), bool, len(msgs))
-    cols = NodeColumns(
-        names=tuple(map(attrgetter("name"), msgs)),
-        gpu_count=_column(msgs, "gpu_count", np.int64),
-        gpu_slots_total=_column(msgs, "gpu_slots_total", np.int64),
-        gpu_slots_free=_column(msgs, "gpu_slots_free", np.int64),
-        gpu_speed=_column(msgs, "gpu_speed", np.float64),
-        gpu_util_ratio=np.where(present, _column(msgs, "gpu_util_ratio", np.float64), 0.0),
-        gpu_util_present=present,
-        vram_free_ratio=_column(msgs, "vram_free_ratio", np.float64),
-        cpu_allocatable_cores=_column(msgs, "cpu_allocatable_cores", np.float64),
-        cpu_requested_cores=_column(msgs, "cpu_requested_cores", np.float64),
-        memory_allocatable_bytes=_column(msgs, "memory_allocatable_bytes", np.float64),
-        memory_requested_bytes=_column(msgs, "memory_requested_bytes", np.float64),
-        replicas=_column(msgs, "replicas", np.int64),
-    )
+    n = len(msgs)
+    present = np.fromiter((m.HasField("gpu_util_ratio") for m in msgs), bool, n)
+    table = np.array(list(map(_read_numeric, msgs)), dtype=np.float64).reshape(n, len(_NUMERIC))
+    col = {
+        name: table[:, i].astype(np.int64) if name in _INTEGER else table[:, i].copy()
+        for i, name in enumerate(_NUMERIC)
+    }
+    col["gpu_util_ratio"] = np.where(present, col["gpu_util_ratio"], 0.0)
+    cols = NodeColumns(names=tuple(map(attrgetter("name"), msgs)), gpu_util_present=present, **col)
     return (
         request.node_schema_version,
         cols,
