@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -57,7 +58,7 @@ from services.policy_server.client import (
 )
 from services.policy_server.config import ServerConfig
 from services.policy_server.grpc_service import SERVICE_NAME
-from services.policy_server.server import MethodAwarePool, PolicyServer
+from services.policy_server.server import MethodAwarePool, PolicyServer, StartError
 
 REPO = Path(__file__).resolve().parents[2]
 BUILTIN_POLICY = Path(builtin_policy_path())
@@ -787,6 +788,20 @@ def test_client_score_nodes_round_trips_plain_node_states(server):
 
 
 # ------------------------------------------------------------------------- the process
+@pytest.mark.parametrize("taken", ["listen", "metrics_listen"])
+def test_a_taken_port_is_a_start_error_and_leaves_no_thread_behind(taken):
+    before = {t.ident for t in threading.enumerate()}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+        fields = {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", taken: address}
+        server = PolicyServer(ServerConfig(**fields, reload_interval_s=0))
+        with pytest.raises(StartError, match=f"--{taken.replace('_', '-')} {address}: cannot bind"):
+            server.start()
+    assert {t.ident for t in threading.enumerate()} <= before  # the event loop thread ended
+
+
 def test_help_lists_every_flag_with_examples():
     out = subprocess.run(
         [sys.executable, "-m", "services.policy_server", "--help"],
