@@ -23,8 +23,9 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -206,6 +207,21 @@ _EXACT_INT = float(2**53)
 """Millicores and bytes above this are not exact in float64: the per-node path decides."""
 
 
+_INT_COLUMNS = ("gpu_count", "gpu_slots_total", "gpu_slots_free", "replicas")
+_FLOAT_COLUMNS = (
+    "gpu_speed",
+    "gpu_util_ratio",
+    "vram_free_ratio",
+    "cpu_allocatable_cores",
+    "cpu_requested_cores",
+    "memory_allocatable_bytes",
+    "memory_requested_bytes",
+)
+"""The numeric :class:`NodeState` fields by column type (None reads as NaN in a float table)."""
+_read_ints = attrgetter(*_INT_COLUMNS)
+_read_floats = attrgetter(*_FLOAT_COLUMNS)
+
+
 @dataclass(frozen=True)
 class NodeColumns:
     """Candidate nodes as columns (one array per :class:`NodeState` field, same order)."""
@@ -231,25 +247,29 @@ class NodeColumns:
     @classmethod
     def of(cls, nodes: Sequence[NodeState]) -> NodeColumns:
         """Columns of ``nodes`` (the per-node and columnar paths see the same numbers)."""
+        present = np.fromiter((n.gpu_util_ratio is not None for n in nodes), bool, len(nodes))
+        return cls.read(nodes, present)
 
-        def col(name: str, dtype: type) -> np.ndarray:
-            return np.fromiter((getattr(n, name) for n in nodes), dtype, len(nodes))
-
-        util = [n.gpu_util_ratio for n in nodes]
+    @classmethod
+    def read(cls, records: Sequence[Any], util_present: np.ndarray) -> NodeColumns:
+        """Columns of records with :class:`NodeState`'s attribute names: NodeState itself, or
+        the policy server's ``ecrl.v1.NodeState`` message. Two C-level getter calls per record
+        (one per column was a pass over the records each). ``gpu_util_ratio`` counts only where
+        ``util_present`` (an absent proto field reads 0.0, an absent NodeState value None)."""
+        n = len(records)
+        ints = np.array(list(map(_read_ints, records)), dtype=np.int64).reshape(
+            n, len(_INT_COLUMNS)
+        )
+        floats = np.array(list(map(_read_floats, records)), dtype=np.float64).reshape(
+            n, len(_FLOAT_COLUMNS)
+        )
+        columns = {name: ints[:, i] for i, name in enumerate(_INT_COLUMNS)}
+        columns.update({name: floats[:, i] for i, name in enumerate(_FLOAT_COLUMNS)})
+        columns["gpu_util_ratio"] = np.where(util_present, columns["gpu_util_ratio"], 0.0)
         return cls(
-            names=tuple(n.name for n in nodes),
-            gpu_count=col("gpu_count", np.int64),
-            gpu_slots_total=col("gpu_slots_total", np.int64),
-            gpu_slots_free=col("gpu_slots_free", np.int64),
-            gpu_speed=col("gpu_speed", np.float64),
-            gpu_util_ratio=np.array([0.0 if u is None else u for u in util], dtype=np.float64),
-            gpu_util_present=np.array([u is not None for u in util], dtype=bool),
-            vram_free_ratio=col("vram_free_ratio", np.float64),
-            cpu_allocatable_cores=col("cpu_allocatable_cores", np.float64),
-            cpu_requested_cores=col("cpu_requested_cores", np.float64),
-            memory_allocatable_bytes=col("memory_allocatable_bytes", np.float64),
-            memory_requested_bytes=col("memory_requested_bytes", np.float64),
-            replicas=col("replicas", np.int64),
+            names=tuple(map(attrgetter("name"), records)),
+            gpu_util_present=util_present,
+            **columns,
         )
 
     def states(self) -> list[NodeState]:
