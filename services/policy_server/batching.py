@@ -16,6 +16,9 @@ import numpy as np
 
 from .results import Decision
 
+MAX_BATCH = 64
+"""Most requests one graph run decides (a larger turn's requests go in several runs)."""
+
 Valid = tuple[np.ndarray, np.ndarray]
 """One validated request: the state ``[STATE_DIM]`` float32 and the mask ``[MASK_DIM]`` bool."""
 
@@ -30,7 +33,7 @@ class DecideBatcher:
         self,
         decide_valid: Callable[[Sequence[Valid]], list[Decision]],
         observe_batch: Callable[[int], None],
-        max_batch: int = 64,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self._decide_valid = decide_valid
         self._observe_batch = observe_batch

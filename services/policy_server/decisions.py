@@ -226,17 +226,14 @@ class PolicyCore:
         return (snap.decision_s if snap.model is not None else 0.0) + self.deadline_margin_s
 
     # ------------------------------------------------------------------------- decide
-    def decide(self, state: StateInput, mask: Sequence[bool]) -> Decision:
-        """The learned policy's greedy action, or the HPA heuristic when none is loaded."""
-        return self.decide_valid([self.validate(state, mask)])[0]
-
     @staticmethod
     def validate(state: StateInput, mask: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
         """One request's state and mask as arrays, or InvalidRequest naming the field."""
         return validate_state(state), validate_mask(mask)
 
     def decide_valid(self, requests: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Decision]:
-        """Decisions for validated (state, mask) pairs, in one run of the policy graph.
+        """The learned policy's greedy actions for validated (state, mask) pairs, in one run
+        of the policy graph, or the HPA heuristic's when no policy is loaded.
 
         The graph is row-independent (an MLP per state), so a batch gives each request the
         answer it would get alone. If the run fails, every request is answered by the

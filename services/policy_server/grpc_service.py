@@ -44,7 +44,7 @@ M = TypeVar("M", bound=Message)
 
 
 class Context(Protocol):
-    """What the handlers read of a servicer context (sync or ``grpc.aio``)."""
+    """What the handlers read of a servicer context (``grpc.aio``'s, or a test's)."""
 
     def time_remaining(self) -> float | None: ...
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .batching import MAX_BATCH
+
 DECISION_BUCKETS_S = (
     0.0001,
     0.00025,
@@ -28,8 +30,8 @@ DECISION_BUCKETS_S = (
 )
 """A small ONNX MLP decides in tens of microseconds to a millisecond: fine buckets below 10 ms."""
 
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-"""Batch sizes up to the batcher's bound (64)."""
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, MAX_BATCH)
+"""Batch sizes up to the batcher's bound."""
 
 COMPONENTS = ("policy", "scorer")
 FALLBACK_REASONS = ("no_model", "schema_mismatch", "model_error")

@@ -189,7 +189,7 @@ class PolicyServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def _drain(self, grace_s: float) -> None:
-        await self.health.enter_graceful_shutdown()
+        """Finish in-flight calls for up to ``grace_s``, refusing new ones."""
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
