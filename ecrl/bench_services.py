@@ -613,10 +613,13 @@ def bench_extender(
     requests: int = 2000,
     trials: int = 3,
     cache: str = "watch",
+    mirror: str = "packaged",
 ) -> ExtenderFigures:
     """``python -m services.scheduler_extender`` (gunicorn, defaults: 1 worker, 4 threads, log
     level info; ``--cache``) against the testbed's apiserver; sequential POSTs over one
-    keep-alive connection, like kube-scheduler's HTTP client."""
+    keep-alive connection, like kube-scheduler's HTTP client. With a policy server,
+    ``--mirror``: ``packaged`` (the default) scores in-process while the versions match,
+    ``none`` asks ScoreNodes for every request."""
     from ecrl.testbed import procs
     from ecrl.testbed.procs import free_port
 
@@ -633,7 +636,7 @@ def bench_extender(
         cache,
     ]
     if policy_target is not None:
-        argv += ["--policy-server", policy_target]
+        argv += ["--policy-server", policy_target, "--mirror", mirror]
     proc = _start("extender", argv)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -652,8 +655,16 @@ def bench_extender(
             filt.append(Latency.of(_timed(lambda: _post(conn, "/filter", body), requests)))
         conn.close()
         fail_open = _metric(url, "ecrl_extender_fail_open_total")
+        scorer = "local (default scheduler)"
+        if policy_target is not None:
+            scorer = f"policy server, --mirror {mirror}"
+            if mirror != "none":  # how many the mirror answered itself (learned, in-process)
+                routed = "ecrl_extender_scoring_routed_total"
+                total = _metric(url, routed)
+                here = _metric(url, routed, where="in-process-learned")
+                scorer += f" ({here / total if total else 0.0:.0%} in-process)"
         return ExtenderFigures(
-            ("policy server" if policy_target else "local") + f", --cache {cache}",
+            scorer + f", --cache {cache}",
             Latency.median_of(prio),
             Latency.median_of(filt),
             len(names),
@@ -685,6 +696,7 @@ def run(out: Callable[[str], None] = print) -> None:
             _extender_lines(out, bench_extender(tb, names, None, cache="list"))
             with policy_server(free_port()) as target:
                 _extender_lines(out, bench_extender(tb, names, target))
+                _extender_lines(out, bench_extender(tb, names, target, mirror="none"))
     except Skipped as exc:
         out(f"  extender and collector benchmarks skipped: {exc}")
 

@@ -22,7 +22,7 @@ import itertools
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -272,6 +272,13 @@ class NodeColumns:
             **columns,
         )
 
+    def take(self, idx: Sequence[int]) -> NodeColumns:
+        """The rows ``idx``, in that order (a subset of a memoized table's columns)."""
+        sel = np.asarray(idx, dtype=np.intp)
+        names = self.names
+        arrays = {f: getattr(self, f)[sel] for f in _ARRAY_FIELDS}
+        return NodeColumns(names=tuple([names[i] for i in sel.tolist()]), **arrays)
+
     def states(self) -> list[NodeState]:
         """Back to :class:`NodeState` objects (the per-node path, for what it must decide)."""
         util = [
@@ -295,6 +302,9 @@ class NodeColumns:
             )
             for i, name in enumerate(self.names)
         ]
+
+
+_ARRAY_FIELDS = tuple(f.name for f in fields(NodeColumns) if f.name != "names")
 
 
 def columns_pass_check_nodes(cols: NodeColumns, pod: PodRequest) -> bool:
@@ -401,11 +411,21 @@ def node_features_columns(cols: NodeColumns, pod: PodRequest) -> np.ndarray | No
 
 def extender_priorities(scores: np.ndarray) -> list[int]:
     """Min-max scale scores to the extender's integer 0–10 (all equal → all 10)."""
+    return extender_priority_array(scores).tolist()
+
+
+def extender_priority_array(scores: np.ndarray) -> np.ndarray:
+    """:func:`extender_priorities` as an int64 array. ``np.rint`` rounds half to even, as
+    Python's ``round`` does, on the same float64 values; a non-finite scaled score raises
+    ValueError, as ``round`` would."""
     s = np.asarray(scores, dtype=float)
     lo, hi = float(s.min()), float(s.max())
     if not hi > lo:
-        return [MAX_EXTENDER_PRIORITY] * len(s)
-    return [round(float(v)) for v in (s - lo) / (hi - lo) * MAX_EXTENDER_PRIORITY]
+        return np.full(len(s), MAX_EXTENDER_PRIORITY, dtype=np.int64)
+    scaled = (s - lo) / (hi - lo) * MAX_EXTENDER_PRIORITY
+    if not np.isfinite(scaled).all():
+        raise ValueError(f"cannot scale scores {s.tolist()[:8]} to priorities")
+    return np.rint(scaled).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------- scorers

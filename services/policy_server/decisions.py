@@ -21,6 +21,7 @@ from ecrl.placement import (
     NODE_SCHEMA_VERSION,
     KubeDefaultScorer,
     NodeColumns,
+    NodeScorer,
     NodeState,
     PodRequest,
     check_nodes,
@@ -185,6 +186,25 @@ def columns_valid(node_schema_version: str, cols: NodeColumns, pod: PodRequest) 
     return True
 
 
+def learned_column_scores(
+    model: NodeScorer, cols: NodeColumns, pod: PodRequest
+) -> np.ndarray | None:
+    """A learned scorer's raw scores of valid columns (``columns_valid`` passed), or None when
+    the columns need the per-node code (``node_features_columns`` declines them).
+
+    ScoreNodes' own arithmetic, shared with the extender's in-process mirror of this scorer
+    (services.scheduler_extender.mirror): both sides answer alike because they run this.
+    Raises ValueError for a wrong shape or a non-finite score, and whatever the model raises.
+    """
+    x = node_features_columns(cols, pod)
+    if x is None:
+        return None
+    scores = np.asarray(model.score_features(x), dtype=float)  # type: ignore[attr-defined]
+    if scores.shape != (len(cols),) or not np.isfinite(scores).all():
+        raise ValueError(f"scores {scores.tolist()[:8]} of shape {scores.shape}")
+    return scores
+
+
 def _run_policy(
     model: PolicyModel, x: np.ndarray, m: np.ndarray
 ) -> tuple[list[tuple[int, ...]], list[float]]:
@@ -318,16 +338,13 @@ class PolicyCore:
             default = _DEFAULT_SCORER.score_columns(cols, pod)  # raises before it is counted
             self.metrics.fallback_decisions.labels("ScoreNodes", snap.fallback.value).inc()
             return _scores(cols.names, default, KUBE_DEFAULT_VERSION, snap.fallback)
-        x = node_features_columns(cols, pod)
-        if x is None:
-            return self.score_nodes(node_schema_version, cols.states(), pod)
         try:
-            scores = np.asarray(model.score_features(x), dtype=float)
-            if scores.shape != (len(cols),) or not np.isfinite(scores).all():
-                raise ValueError(f"scores {scores.tolist()[:8]} of shape {scores.shape}")
+            scores = learned_column_scores(model, cols, pod)
         except Exception as exc:
             log.error("scorer failed; kube-default answered", extra={"err": str(exc)})
             return self._default_scores(cols.names, cols.states(), pod, Fallback.MODEL_ERROR)
+        if scores is None:
+            return self.score_nodes(node_schema_version, cols.states(), pod)
         return _scores(cols.names, scores, snap.version, Fallback.NONE)
 
     def _default_scores(

@@ -12,7 +12,14 @@ from gunicorn.app.base import BaseApplication
 
 from ecrl import logs
 from ecrl.errors import ConfigError, Temporary
-from services.scheduler_extender.config import CACHES, LOG_LEVELS, ExtenderConfig, parse_listen
+from services.scheduler_extender.config import (
+    CACHES,
+    LOG_LEVELS,
+    MIRROR_NONE,
+    MIRROR_PACKAGED,
+    ExtenderConfig,
+    parse_listen,
+)
 
 log = logging.getLogger("ecrl.extender")
 SERVICE = "scheduler-extender"
@@ -81,6 +88,23 @@ def build_parser() -> _Parser:
         help=f"deadline of one scoring call (default {d.scorer_timeout_s} s; the "
         "scheduler allows the whole call 5 s)",
     )
+    p.add_argument(
+        "--mirror",
+        default=d.mirror,
+        metavar="MODEL",
+        help="with --policy-server: score in-process with this ONNX node scorer while the "
+        "policy server reports serving the same version, else ask its ScoreNodes; "
+        f"'{MIRROR_PACKAGED}' (default): the scorer shipped in the package, the policy "
+        f"server's default; '{MIRROR_NONE}': ScoreNodes for every request",
+    )
+    p.add_argument(
+        "--mirror-sync",
+        type=float,
+        default=d.mirror_sync_s,
+        metavar="S",
+        help=f"seconds between checks of the policy server's scorer version (default "
+        f"{d.mirror_sync_s:g}); a model swap there reaches the extender within this",
+    )
     p.add_argument("--workers", type=int, default=d.workers, help="gunicorn worker processes")
     p.add_argument("--threads", type=int, default=d.threads, help="threads per worker")
     p.add_argument(
@@ -116,6 +140,8 @@ def config_from_args(args: argparse.Namespace) -> ExtenderConfig:
         kubeconfig=args.kubeconfig,
         policy_server=args.policy_server,
         scorer_timeout_s=args.scorer_timeout,
+        mirror=args.mirror,
+        mirror_sync_s=args.mirror_sync,
         workers=args.workers,
         threads=args.threads,
         cache=args.cache,
@@ -134,7 +160,7 @@ def build_app(cfg: ExtenderConfig):
     from services.scheduler_extender.extender import Extender
     from services.scheduler_extender.informer import InformerCache
     from services.scheduler_extender.kube import KubeBinder, KubeSource, api_client
-    from services.scheduler_extender.scoring import LocalScorer, PolicyServerScorer, Scorer
+    from services.scheduler_extender.scoring import LocalScorer, Scorer
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # this worker process only
     registry = CollectorRegistry()
@@ -155,16 +181,38 @@ def build_app(cfg: ExtenderConfig):
             extra={"error": str(exc)[:300]},
         )
     cache.start()
-    scorer: Scorer = (
-        PolicyServerScorer(cfg.policy_server, cfg.scorer_timeout_s)
-        if cfg.policy_server
-        else LocalScorer()
-    )
+    scorer: Scorer = policy_server_scorer(cfg, registry) if cfg.policy_server else LocalScorer()
     log.info(
         "extender worker ready",
         extra={"scorer": scorer.name, "cache": cfg.cache, "listen": cfg.listen},
     )
     return create_app(Extender(cache, scorer, KubeBinder(api)), registry, lambda: cache.ready)
+
+
+def policy_server_scorer(cfg: ExtenderConfig, registry):
+    """``ScoreNodes`` of ``cfg.policy_server``, mirrored in-process unless ``--mirror none``."""
+    from services.scheduler_extender.scoring import PolicyServerScorer
+
+    remote = PolicyServerScorer(cfg.policy_server, cfg.scorer_timeout_s)
+    if cfg.mirror == MIRROR_NONE:
+        return remote
+    from services.policy_server.config import default_scorer_path
+    from services.scheduler_extender.mirror import MirroredScorer
+
+    path = default_scorer_path() if cfg.mirror == MIRROR_PACKAGED else cfg.mirror
+    mirror = MirroredScorer(remote, path, cfg.mirror_sync_s, registry)
+    first = mirror.sync()  # before the first request; the thread follows from here
+    log.info(
+        "scorer mirror",
+        extra={
+            "where": first.where.value,
+            "local_version": first.local_version,
+            "server_version": first.server_version,
+            "path": path,
+        },
+    )
+    mirror.start()
+    return mirror
 
 
 KEEPALIVE_S = 120

@@ -13,6 +13,7 @@ SCHEDULER_HTTP_TIMEOUT_S = 5.0
 MAX_SCORER_TIMEOUT_S = SCHEDULER_HTTP_TIMEOUT_S / 2
 """The policy-server deadline must leave the call time to answer fail-open in time."""
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MIRROR_PACKAGED, MIRROR_NONE = "packaged", "none"
 CACHES = ("watch", "list")
 """The two cluster caches (services.scheduler_extender.informer / .cache)."""
 
@@ -31,6 +32,12 @@ class ExtenderConfig:
     """HOST:PORT of the policy server's gRPC ScoreNodes; None scores locally."""
     scorer_timeout_s: float = 1.0
     """Deadline of one ScoreNodes call; well under the scheduler's 5 s httpTimeout."""
+    mirror: str = MIRROR_PACKAGED
+    """With ``policy_server``: the scorer file scored in-process while the policy server
+    serves the same version (services.scheduler_extender.mirror); ``packaged`` = the one
+    shipped in the package (the policy server's default), ``none`` = always ScoreNodes."""
+    mirror_sync_s: float = 2.0
+    """Seconds between checks of the policy server's scorer version (and the file)."""
     workers: int = 1
     """gunicorn worker processes (each keeps its own cluster cache and metrics)."""
     threads: int = 4
@@ -69,6 +76,10 @@ class ExtenderConfig:
                 f"{self.scorer_timeout_s} s is too close to the scheduler's "
                 f"{SCHEDULER_HTTP_TIMEOUT_S:g} s httpTimeout (max {MAX_SCORER_TIMEOUT_S:g} s)",
             )
+        if not self.mirror:
+            raise bad("--mirror", f"empty (a file, {MIRROR_PACKAGED!r} or {MIRROR_NONE!r})")
+        if not (math.isfinite(self.mirror_sync_s) and 0.1 <= self.mirror_sync_s <= 300):
+            raise bad("--mirror-sync", f"must be in 0.1..300 s, got {self.mirror_sync_s}")
         if not 1 <= self.workers <= 64:
             raise bad("--workers", f"must be in 1..64, got {self.workers}")
         if not 1 <= self.threads <= 64:

@@ -38,6 +38,7 @@ from ecrl.placement import (
     NodeState,
     PodRequest,
     extender_priorities,
+    extender_priority_array,
     kube_plugin_scores,
 )
 from services.scheduler_extender.gpu import ClusterSnapshot, NodeTable, pod_request
@@ -103,7 +104,7 @@ def kube_default_priorities(
     raw = kube_default_scores(table, idx[k], pod, plugins)
     if raw is None:
         return None
-    out[k] = _extender_priorities(raw)
+    out[k] = extender_priority_array(raw)
     return out.tolist()
 
 
@@ -137,14 +138,6 @@ def kube_default_scores(
     if plugin is None:
         return None
     return sum((plugin[p] for p in plugins), np.zeros(len(sel), np.int64)).astype(np.float64)
-
-
-def _extender_priorities(s: np.ndarray) -> np.ndarray:
-    """:func:`ecrl.placement.extender_priorities` on an array (same float operations)."""
-    lo, hi = float(s.min()), float(s.max())
-    if not hi > lo:
-        return np.full(len(s), MAX_EXTENDER_PRIORITY, dtype=np.int64)
-    return np.rint((s - lo) / (hi - lo) * MAX_EXTENDER_PRIORITY).astype(np.int64)
 
 
 def _import_policy_client() -> Callable[[str, float], object]:
@@ -196,7 +189,8 @@ class PolicyServerScorer:
         self._request_parts: tuple | None = None
         """Set on first use when the client is the real ``PolicyClient`` (it has ``stub``)."""
 
-    def _get_client(self):
+    def client(self):
+        """The PolicyClient (built on first use); Permanent when it cannot be imported."""
         with self._lock:
             if self._client is None and self._import_error is None:
                 try:
@@ -214,7 +208,7 @@ class PolicyServerScorer:
             return self._client
 
     def score(self, nodes: list[NodeState], pod: PodRequest) -> list[int]:
-        client = self._get_client()
+        client = self.client()
         try:
             reply = client.score_nodes(nodes, pod)  # type: ignore[attr-defined]
         except Exception as exc:  # deadline, UNAVAILABLE, schema mismatch: all fail open
@@ -242,7 +236,7 @@ class PolicyServerScorer:
         snapshot (``convert.node_message`` of the memoized state), and only the priorities
         are read back. None (then :meth:`score`) when the client is not a ``PolicyClient``.
         """
-        client = self._get_client()
+        client = self.client()
         parts = self._request_parts
         if parts is None:
             return None

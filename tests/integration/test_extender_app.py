@@ -187,6 +187,9 @@ def test_health_and_readiness() -> None:
         (["--log-level", "loud"], "--log-level"),
         (["--cache", "poll"], "--cache"),
         (["--max-cache-age", "1"], "--max-cache-age"),
+        (["--mirror", ""], "--mirror"),
+        (["--mirror-sync", "0"], "--mirror-sync"),
+        (["--mirror-sync", "nan"], "--mirror-sync"),
         (["--frobnicate"], "--frobnicate"),
     ],
 )

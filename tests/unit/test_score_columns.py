@@ -156,3 +156,28 @@ def test_ordinary_candidates_take_the_columnar_path() -> None:
     x = node_features_columns(NodeColumns.of(nodes), pod)
     assert x is not None and np.array_equal(x, node_features(nodes, pod))
     assert NodeColumns.of(nodes).states() == nodes
+
+
+@EQUAL
+@given(
+    st.lists(
+        st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12)
+        | st.sampled_from([0.0, 0.05, 0.15, 0.25, 0.35, 0.45, 1.0]),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_priorities_round_like_python_round(scores: list[float]) -> None:
+    """The vectorized scaling gives what ``round`` gave value by value (half to even)."""
+    from ecrl.placement import MAX_EXTENDER_PRIORITY, extender_priorities
+
+    s = np.asarray(scores, dtype=float)
+    lo, hi = float(s.min()), float(s.max())
+    scaled = (s - lo) / (hi - lo) * MAX_EXTENDER_PRIORITY if hi > lo else None
+    if scaled is not None and not np.isfinite(scaled).all():
+        with pytest.raises(ValueError):
+            extender_priorities(s)
+        return
+    want = [10] * len(s) if scaled is None else [round(float(v)) for v in scaled]
+    got = extender_priorities(s)
+    assert got == want and all(type(p) is int for p in got)

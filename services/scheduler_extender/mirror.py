@@ -1,0 +1,311 @@
+"""The policy server's node scorer, mirrored in the extender: ScoreNodes' answer without the hop.
+
+Why: ``/prioritize`` sits in kube-scheduler's path (5 s ``httpTimeout``, no retries, every
+pod), and a gRPC hop per pod costs ~1.7 ms p50 on the testbed machine for 100 nodes — more
+than the rest of the request (BENCHMARKS.md, "Services"). The scorer is a tiny ONNX graph the
+extender can run itself. So, with ``--policy-server``, the extender also loads a scorer file
+(``--mirror``: by default the packaged one, which is also the policy server's default) and
+follows it on disk like the policy server does (:class:`~services.policy_server.model_store.
+WatchedModel`). Every ``--mirror-sync`` seconds it asks the policy server which scorer it
+serves (``GetPolicyInfo.scorer_version``, the file's SHA-256 prefix):
+
+- the same version as the local file → score in-process, learned;
+- ``kube-default`` (the server has no valid scorer) → score in-process, default scheduler;
+- anything else, or never confirmed → ask ``ScoreNodes`` for every request, as before.
+
+In-process scoring runs ScoreNodes' own code on the same columns (``columns_valid``, then
+:func:`~services.policy_server.decisions.learned_column_scores` or the default scorer's
+columns, then ``extender_priorities``), so the answer is the policy server's, node for node;
+tests compare them. Anything that code would hand to its per-node path (a refusal, a value
+outside the exact range) or any model error goes to the policy server instead, so a request
+gets exactly the answer — or the refusal, then fail-open — that ScoreNodes gives.
+
+What changes: a model swap on the policy server reaches the extender within one sync interval
+(it keeps scoring with the previous version until the sync sees the new one), and while the
+policy server is unreachable the extender keeps the last version it confirmed (logged and
+counted) instead of failing open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from ecrl.placement import (
+    NODE_SCHEMA_HASH,
+    NODE_SCHEMA_VERSION,
+    KubeDefaultScorer,
+    NodeColumns,
+    NodeScorer,
+    NodeState,
+    PodRequest,
+    extender_priorities,
+)
+from services.policy_server.decisions import (
+    KUBE_DEFAULT_VERSION,
+    columns_valid,
+    learned_column_scores,
+)
+from services.policy_server.model_store import WatchedModel, load_scorer
+from services.scheduler_extender.gpu import ClusterSnapshot, pod_request
+from services.scheduler_extender.scoring import NEUTRAL_PRIORITY, PolicyServerScorer
+from services.scheduler_extender.wire import Pod
+
+log = logging.getLogger("ecrl.extender.mirror")
+
+_DEFAULT_SCORER = KubeDefaultScorer()
+
+
+class Where(StrEnum):
+    """Who answers ``/prioritize`` now."""
+
+    LEARNED = "in-process-learned"
+    """The local copy of the learned scorer (the policy server serves the same version)."""
+    KUBE_DEFAULT = "in-process-kube-default"
+    """The default scheduler's scores (the policy server has no valid scorer either)."""
+    POLICY_SERVER = "policy-server"
+    """``ScoreNodes`` over gRPC (versions differ, or not confirmed yet)."""
+
+
+class MirrorMetrics:
+    """The mirror's metrics, in the extender's registry; also what WatchedModel reports to
+    (``reloads``, :meth:`set_state`), under the extender's metric names."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.reloads = Counter(
+            "ecrl_extender_scorer_reloads_total",
+            "Loads of the mirrored node scorer file, by outcome.",
+            ["component", "outcome"],
+            registry=registry,
+        )
+        self.local_info = Gauge(
+            "ecrl_extender_scorer_local_info",
+            "1 for the version of the mirrored scorer file loaded here (empty: none loaded).",
+            ["version"],
+            registry=registry,
+        )
+        self.where = Gauge(
+            "ecrl_extender_scoring",
+            "1 for who answers /prioritize now: in-process (the policy server serves the same "
+            "scorer version) or the policy server's ScoreNodes.",
+            ["where"],
+            registry=registry,
+        )
+        self.syncs = Counter(
+            "ecrl_extender_scorer_syncs_total",
+            "Checks of the policy server's scorer version (GetPolicyInfo), by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.routed = Counter(
+            "ecrl_extender_scoring_routed_total",
+            "/prioritize requests by who was asked to score them.",
+            ["where"],
+            registry=registry,
+        )
+        self._routed = {w: self.routed.labels(w.value) for w in Where}
+        self.set_where(Where.POLICY_SERVER)
+
+    def set_state(self, component: str, version: str, schema_hash: str, reason: str) -> None:
+        """WatchedModel's report of what the local file gives now."""
+        self.local_info.clear()
+        self.local_info.labels(version).set(1)
+
+    def set_where(self, where: Where) -> None:
+        for w in Where:
+            self.where.labels(w.value).set(1 if w is where else 0)
+
+    def count(self, where: Where) -> None:
+        self._routed[where].inc()
+
+
+@dataclass(frozen=True)
+class Sync:
+    """One check of the policy server's scorer against the local file."""
+
+    where: Where
+    local_version: str
+    server_version: str
+    """'' when the policy server could not be asked."""
+    error: str = ""
+
+
+class MirroredScorer:
+    """A :class:`~services.scheduler_extender.scoring.Scorer`: in-process while the policy
+    server confirms it serves the same scorer, ``ScoreNodes`` otherwise.
+
+    ``model_path`` None: never in-process for the learned scorer (only when the server itself
+    answers with the default scheduler's scores). :meth:`sync` is called by the background
+    thread :meth:`start` runs, and once by the caller before serving.
+    """
+
+    def __init__(
+        self,
+        remote: PolicyServerScorer,
+        model_path: str | None,
+        sync_interval_s: float,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.remote = remote
+        self.name = f"mirror:{remote.name}"
+        self.sync_interval_s = sync_interval_s
+        self.metrics = MirrorMetrics(registry)
+        self.local: WatchedModel[NodeScorer] = WatchedModel(
+            "scorer",
+            model_path,
+            load_scorer,
+            self.metrics,
+            NODE_SCHEMA_HASH,  # type: ignore[arg-type]
+        )
+        self._route: tuple[Where, NodeScorer | None] = (Where.POLICY_SERVER, None)
+        """Who answers, and the model when it is the local learned one: one reference, so
+        a request reads a pair that belongs together."""
+        self._last_error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scorer-mirror", daemon=True)
+
+    # ---------------------------------------------------------------------------- sync
+    def sync(self) -> Sync:
+        """Follow the local file, ask the server's scorer version, choose who answers."""
+        self.local.poll()
+        loaded = self.local.current
+        try:
+            info = self.remote.client().info()  # type: ignore[attr-defined]
+        except Exception as exc:  # unreachable, deadline: keep what was confirmed last
+            error = f"{type(exc).__name__}: {exc}"
+            self.metrics.syncs.labels("unreachable").inc()
+            if error != self._last_error:
+                log.warning(
+                    "policy server's scorer version unknown; keeping the last confirmed",
+                    extra={"error": error[:300], "where": self.where.value},
+                )
+            self._last_error = error
+            return Sync(self.where, loaded.version, "", error)
+        self._last_error = ""
+        server = info.scorer_version
+        if info.node_schema_version != NODE_SCHEMA_VERSION:
+            where, model = Where.POLICY_SERVER, None
+        elif server == KUBE_DEFAULT_VERSION:
+            where, model = Where.KUBE_DEFAULT, None
+        elif loaded.model is not None and server == loaded.version:
+            where, model = Where.LEARNED, loaded.model
+        else:
+            where, model = Where.POLICY_SERVER, None
+        outcome = "differs" if where is Where.POLICY_SERVER else "in_sync"
+        self.metrics.syncs.labels(outcome).inc()
+        if where is not self.where:
+            log.info(
+                "node scoring moves",
+                extra={
+                    "from": self.where.value,
+                    "to": where.value,
+                    "server_version": server,
+                    "local_version": loaded.version,
+                },
+            )
+        self._route = (where, model)
+        self.metrics.set_where(where)
+        return Sync(where, loaded.version, server)
+
+    @property
+    def where(self) -> Where:
+        return self._route[0]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.sync_interval_s + self.remote.timeout_s + 1)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.sync_interval_s):
+            try:
+                self.sync()
+            except Exception:  # the thread must outlive any surprise; logged with traceback
+                log.exception("scorer mirror sync failed")
+
+    # -------------------------------------------------------------------------- score
+    def _local(self, cols: NodeColumns, pod: PodRequest) -> tuple[list[int], Where] | None:
+        """ScoreNodes' answer computed here, or None: the policy server answers this one."""
+        where, model = self._route
+        if where is Where.POLICY_SERVER or not columns_valid(NODE_SCHEMA_VERSION, cols, pod):
+            return None
+        try:
+            if where is Where.KUBE_DEFAULT:
+                scores: np.ndarray | None = _DEFAULT_SCORER.score_columns(cols, pod)
+            else:
+                scores = learned_column_scores(model, cols, pod)  # type: ignore[arg-type]
+        except Exception as exc:  # the server's answer to this is its own (refusal, fallback)
+            log.debug("in-process scoring declined", extra={"error": str(exc)[:200]})
+            return None
+        if scores is None:
+            return None
+        return extender_priorities(scores), where
+
+    def score(self, nodes: list[NodeState], pod: PodRequest) -> list[int]:
+        local = self._local(NodeColumns.of(nodes), pod) if nodes else None
+        if local is None:
+            self.metrics.count(Where.POLICY_SERVER)
+            return self.remote.score(nodes, pod)
+        self.metrics.count(local[1])
+        return local[0]
+
+    def score_table(
+        self, snapshot: ClusterSnapshot, node_names: Sequence[str], rows: list[int], pod: Pod
+    ) -> list[int] | None:
+        """Candidates' priorities from the snapshot's columns (the remote's fast path when
+        the policy server answers)."""
+        if self.where is not Where.POLICY_SERVER:  # _local reads the route again: it may move
+            states = snapshot.table.node_states(snapshot, node_names, rows, pod)
+            known = [s for s in states if s is not None]
+            if not known:
+                return [NEUTRAL_PRIORITY] * len(node_names)
+            cols = candidate_columns(snapshot, rows, known, pod)
+            local = self._local(cols, pod_request(pod))
+            if local is not None:
+                self.metrics.count(local[1])
+                by_name = dict(zip(cols.names, local[0], strict=True))
+                return [by_name.get(n, NEUTRAL_PRIORITY) for n in node_names]
+        answer = self.remote.score_table(snapshot, node_names, rows, pod)
+        if answer is not None:  # None: priority_scores calls score(), which counts it
+            self.metrics.count(Where.POLICY_SERVER)
+        return answer
+
+
+COLUMN_MEMO = "mirror-node-columns"
+"""Key of the per-snapshot memo of every scorable node's columns (NodeTable.scratch)."""
+
+
+def candidate_columns(
+    snapshot: ClusterSnapshot, rows: Sequence[int], known: list[NodeState], pod: Pod
+) -> NodeColumns:
+    """``NodeColumns.of(known)`` — the candidates' states — as a selection of columns built
+    once per snapshot and pod app, like the states themselves (``NodeTable.node_states``).
+    A candidate whose usage already counts the pod has a state of its own: then the columns
+    are read from ``known`` directly."""
+    table = snapshot.table
+    own = table.own_rows(pod)
+    if own and not own.isdisjoint(rows):
+        return NodeColumns.of(known)
+    memo = table.scratch.setdefault(COLUMN_MEMO, {})
+    hit = memo.get(pod.app)
+    if hit is None:
+        everyone = table.node_states(
+            snapshot, table.names, range(len(table.names)), dataclasses.replace(pod, uid="")
+        )
+        position = np.full(len(everyone), -1, dtype=np.intp)
+        scorable = [i for i, s in enumerate(everyone) if s is not None]
+        position[scorable] = np.arange(len(scorable))
+        hit = memo[pod.app] = (NodeColumns.of([everyone[i] for i in scorable]), position)
+    columns, position = hit
+    at = position[np.asarray(rows, dtype=np.intp)]
+    return columns.take(at[at >= 0])
