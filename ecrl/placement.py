@@ -383,6 +383,13 @@ def _plugin_scores_of(cols: NodeColumns, pod: PodRequest) -> dict[str, np.ndarra
 def node_features_columns(cols: NodeColumns, pod: PodRequest) -> np.ndarray | None:
     """:func:`node_features` of the same nodes, equal to the last bit; None when the per-node
     path must decide (a refusal, or a value outside the exact range)."""
+    local = node_local_features_columns(cols, pod)
+    return None if local is None else with_context(local)
+
+
+def node_local_features_columns(cols: NodeColumns, pod: PodRequest) -> np.ndarray | None:
+    """The first half of :func:`node_features_columns`: each node's own features (float64,
+    clipped), row by row — so the rows of a subset are the same rows of the whole."""
     plugin = _plugin_scores_of(cols, pod)
     if plugin is None:
         return None
@@ -404,7 +411,11 @@ def node_features_columns(cols: NodeColumns, pod: PodRequest) -> np.ndarray | No
             plugin["balanced-allocation"] / MAX_NODE_SCORE,
         ]
     ).astype(np.float64)
-    local = np.clip(local, -COUNT_CAP, COUNT_CAP)
+    return np.clip(local, -COUNT_CAP, COUNT_CAP)
+
+
+def with_context(local: np.ndarray) -> np.ndarray:
+    """The second half: each row's own features, then the candidates' mean (float32)."""
     context = np.broadcast_to(local.mean(axis=0), local.shape)
     return np.concatenate([local, context], axis=1).astype(np.float32)
 

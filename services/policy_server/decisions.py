@@ -168,22 +168,28 @@ def columns_valid(node_schema_version: str, cols: NodeColumns, pod: PodRequest) 
     node and field). ``check_nodes``'s own rules are tested once, by the columnar scorers
     (``node_features_columns``, ``KubeDefaultScorer.score_columns``), which hand what fails
     them to the per-node code, where ``check_nodes`` raises the same message."""
-    if node_schema_version != NODE_SCHEMA_VERSION or len(cols) > MAX_NODES:
+    return request_valid(node_schema_version, cols.names, pod) and bool(rows_valid(cols).all())
+
+
+def request_valid(node_schema_version: str, names: Sequence[str], pod: PodRequest) -> bool:
+    """:func:`columns_valid`'s rules on the request as a whole (schema, size, pod, names)."""
+    if node_schema_version != NODE_SCHEMA_VERSION or len(names) > MAX_NODES:
         return False
     if not (0 <= pod.cpu_cores <= MAX_CORES and 0 <= pod.memory_bytes <= MAX_BYTES):
         return False
-    if not all(cols.names) or len(set(cols.names)) != len(cols.names):
-        return False
-    if (cols.gpu_count < 0).any():
-        return False
+    return all(names) and len(set(names)) == len(names)
+
+
+def rows_valid(cols: NodeColumns) -> np.ndarray:
+    """:func:`columns_valid`'s rules node by node: True where a row passes them all."""
+    ok = cols.gpu_count >= 0
     for name, upper in _UPPER.items():
         values = getattr(cols, name)
-        ok = np.isfinite(values) & (values >= 0) & (values <= upper)
+        row_ok = np.isfinite(values) & (values >= 0) & (values <= upper)
         if name == "gpu_util_ratio":
-            ok |= ~cols.gpu_util_present
-        if not ok.all():
-            return False
-    return True
+            row_ok |= ~cols.gpu_util_present
+        ok &= row_ok
+    return ok
 
 
 def learned_column_scores(
@@ -194,13 +200,16 @@ def learned_column_scores(
 
     ScoreNodes' own arithmetic, shared with the extender's in-process mirror of this scorer
     (services.scheduler_extender.mirror): both sides answer alike because they run this.
-    Raises ValueError for a wrong shape or a non-finite score, and whatever the model raises.
     """
     x = node_features_columns(cols, pod)
-    if x is None:
-        return None
+    return None if x is None else learned_feature_scores(model, x)
+
+
+def learned_feature_scores(model: NodeScorer, x: np.ndarray) -> np.ndarray:
+    """The scorer's raw scores of a feature matrix; ValueError for a wrong shape or a
+    non-finite score (whatever the model raises passes through)."""
     scores = np.asarray(model.score_features(x), dtype=float)  # type: ignore[attr-defined]
-    if scores.shape != (len(cols),) or not np.isfinite(scores).all():
+    if scores.shape != (len(x),) or not np.isfinite(scores).all():
         raise ValueError(f"scores {scores.tolist()[:8]} of shape {scores.shape}")
     return scores
 

@@ -47,11 +47,16 @@ from ecrl.placement import (
     NodeState,
     PodRequest,
     extender_priorities,
+    node_local_features_columns,
+    with_context,
 )
 from services.policy_server.decisions import (
     KUBE_DEFAULT_VERSION,
     columns_valid,
     learned_column_scores,
+    learned_feature_scores,
+    request_valid,
+    rows_valid,
 )
 from services.policy_server.model_store import WatchedModel, load_scorer
 from services.scheduler_extender.gpu import ClusterSnapshot, pod_request
@@ -234,78 +239,138 @@ class MirroredScorer:
                 log.exception("scorer mirror sync failed")
 
     # -------------------------------------------------------------------------- score
-    def _local(self, cols: NodeColumns, pod: PodRequest) -> tuple[list[int], Where] | None:
-        """ScoreNodes' answer computed here, or None: the policy server answers this one."""
-        where, model = self._route
-        if where is Where.POLICY_SERVER or not columns_valid(NODE_SCHEMA_VERSION, cols, pod):
-            return None
-        try:
-            if where is Where.KUBE_DEFAULT:
-                scores: np.ndarray | None = _DEFAULT_SCORER.score_columns(cols, pod)
-            else:
-                scores = learned_column_scores(model, cols, pod)  # type: ignore[arg-type]
-        except Exception as exc:  # the server's answer to this is its own (refusal, fallback)
-            log.debug("in-process scoring declined", extra={"error": str(exc)[:200]})
-            return None
-        if scores is None:
-            return None
-        return extender_priorities(scores), where
-
     def score(self, nodes: list[NodeState], pod: PodRequest) -> list[int]:
-        local = self._local(NodeColumns.of(nodes), pod) if nodes else None
+        route = self._route
+        local = _local_of(route, NodeColumns.of(nodes), pod)[1] if nodes else None
         if local is None:
             self.metrics.count(Where.POLICY_SERVER)
             return self.remote.score(nodes, pod)
-        self.metrics.count(local[1])
-        return local[0]
+        self.metrics.count(route[0])
+        return local
 
     def score_table(
         self, snapshot: ClusterSnapshot, node_names: Sequence[str], rows: list[int], pod: Pod
     ) -> list[int] | None:
-        """Candidates' priorities from the snapshot's columns (the remote's fast path when
-        the policy server answers)."""
-        if self.where is not Where.POLICY_SERVER:  # _local reads the route again: it may move
-            states = snapshot.table.node_states(snapshot, node_names, rows, pod)
-            known = [s for s in states if s is not None]
-            if not known:
-                return [NEUTRAL_PRIORITY] * len(node_names)
-            cols = candidate_columns(snapshot, rows, known, pod)
-            local = self._local(cols, pod_request(pod))
+        """Candidates' priorities from the snapshot's memoized columns (the remote's fast path
+        when the policy server answers)."""
+        route = self._route
+        if route[0] is not Where.POLICY_SERVER:
+            local = _local_table(route, snapshot, node_names, rows, pod)
             if local is not None:
-                self.metrics.count(local[1])
-                by_name = dict(zip(cols.names, local[0], strict=True))
-                return [by_name.get(n, NEUTRAL_PRIORITY) for n in node_names]
+                self.metrics.count(route[0])
+                return local
         answer = self.remote.score_table(snapshot, node_names, rows, pod)
         if answer is not None:  # None: priority_scores calls score(), which counts it
             self.metrics.count(Where.POLICY_SERVER)
         return answer
 
 
-COLUMN_MEMO = "mirror-node-columns"
-"""Key of the per-snapshot memo of every scorable node's columns (NodeTable.scratch)."""
-
-
-def candidate_columns(
-    snapshot: ClusterSnapshot, rows: Sequence[int], known: list[NodeState], pod: Pod
-) -> NodeColumns:
-    """``NodeColumns.of(known)`` — the candidates' states — as a selection of columns built
-    once per snapshot and pod app, like the states themselves (``NodeTable.node_states``).
-    A candidate whose usage already counts the pod has a state of its own: then the columns
-    are read from ``known`` directly."""
+def _local_table(
+    route: tuple[Where, NodeScorer | None],
+    snapshot: ClusterSnapshot,
+    node_names: Sequence[str],
+    rows: list[int],
+    pod: Pod,
+) -> list[int] | None:
+    """The candidates' priorities computed here (``route`` says how), or None: the policy
+    server answers this one."""
     table = snapshot.table
+    states = table.node_states(snapshot, node_names, rows, pod)
+    known = [s for s in states if s is not None]
+    if not known:
+        return [NEUTRAL_PRIORITY] * len(node_names)
+    request = pod_request(pod)
     own = table.own_rows(pod)
-    if own and not own.isdisjoint(rows):
-        return NodeColumns.of(known)
-    memo = table.scratch.setdefault(COLUMN_MEMO, {})
-    hit = memo.get(pod.app)
-    if hit is None:
-        everyone = table.node_states(
-            snapshot, table.names, range(len(table.names)), dataclasses.replace(pod, uid="")
-        )
-        position = np.full(len(everyone), -1, dtype=np.intp)
+    if own and not own.isdisjoint(rows):  # states of their own: read them directly
+        names, local = _local_of(route, NodeColumns.of(known), request)
+    else:
+        names, local = _local_of_table(route, TableFeatures.of(snapshot, pod), rows, request)
+    if local is None:
+        return None
+    by_name = dict(zip(names, local, strict=True))
+    return [by_name.get(n, NEUTRAL_PRIORITY) for n in node_names]
+
+
+def _local_of(
+    route: tuple[Where, NodeScorer | None], cols: NodeColumns, pod: PodRequest
+) -> tuple[tuple[str, ...], list[int] | None]:
+    """ScoreNodes' priorities of ``cols``, or None: the policy server answers this one."""
+    where, model = route
+    if where is Where.POLICY_SERVER or not columns_valid(NODE_SCHEMA_VERSION, cols, pod):
+        return cols.names, None
+    try:
+        if where is Where.KUBE_DEFAULT:
+            scores: np.ndarray | None = _DEFAULT_SCORER.score_columns(cols, pod)
+        else:
+            scores = learned_column_scores(model, cols, pod)  # type: ignore[arg-type]
+        return cols.names, None if scores is None else extender_priorities(scores)
+    except Exception as exc:  # the server's answer to this is its own (refusal, fallback)
+        log.debug("in-process scoring declined", extra={"error": str(exc)[:200]})
+        return cols.names, None
+
+
+def _local_of_table(
+    route: tuple[Where, NodeScorer | None], tf: TableFeatures, rows: list[int], pod: PodRequest
+) -> tuple[tuple[str, ...], list[int] | None]:
+    """:func:`_local_of` of the candidates' rows of the memoized table: the same checks and
+    arithmetic, the per-node halves done once per snapshot (``rows_valid``, the features of
+    each node alone); only the mean over the candidates and the graph run are per request."""
+    at = tf.position[np.asarray(rows, dtype=np.intp)]
+    sel = at[at >= 0]
+    where, model = route
+    if where is not Where.LEARNED or tf.local is None:
+        return _local_of(route, tf.columns.take(sel), pod)
+    all_names = tf.columns.names
+    names = tuple([all_names[i] for i in sel.tolist()])
+    if not (request_valid(NODE_SCHEMA_VERSION, names, pod) and tf.rows_ok[sel].all()):
+        return names, None
+    try:
+        scores = learned_feature_scores(model, with_context(tf.local[sel]))  # type: ignore[arg-type]
+    except Exception as exc:
+        log.debug("in-process scoring declined", extra={"error": str(exc)[:200]})
+        return names, None
+    return names, extender_priorities(scores)
+
+
+FEATURE_MEMO = "mirror-node-features"
+"""Key of the per-snapshot memo of :class:`TableFeatures` (NodeTable.scratch)."""
+MAX_FEATURE_MEMOS = 16
+
+
+@dataclass(frozen=True)
+class TableFeatures:
+    """Every scorable node of a snapshot for one pod shape: what a request only selects from.
+
+    Built once per snapshot, pod app (the states count the app's replicas) and pod requests
+    (the features count them), like the memoized states (``NodeTable.node_states``), with
+    the pod anonymous: a candidate that already counts the pod is not read from here."""
+
+    columns: NodeColumns
+    position: np.ndarray
+    """Table row → index in ``columns``; -1 where the row has no state (not scorable)."""
+    rows_ok: np.ndarray
+    """``rows_valid(columns)``: the per-node half of ``columns_valid``."""
+    local: np.ndarray | None
+    """``node_local_features_columns(columns, pod)``; None when it declines (any row)."""
+
+    @classmethod
+    def of(cls, snapshot: ClusterSnapshot, pod: Pod) -> TableFeatures:
+        table = snapshot.table
+        request = pod_request(pod)
+        memo = table.scratch.setdefault(FEATURE_MEMO, {})
+        key = (pod.app, request.cpu_cores, request.memory_bytes)
+        hit = memo.get(key)
+        if hit is not None:
+            return hit
+        anonymous = dataclasses.replace(pod, uid="")
+        everyone = table.node_states(snapshot, table.names, range(len(table.names)), anonymous)
         scorable = [i for i, s in enumerate(everyone) if s is not None]
+        position = np.full(len(everyone), -1, dtype=np.intp)
         position[scorable] = np.arange(len(scorable))
-        hit = memo[pod.app] = (NodeColumns.of([everyone[i] for i in scorable]), position)
-    columns, position = hit
-    at = position[np.asarray(rows, dtype=np.intp)]
-    return columns.take(at[at >= 0])
+        columns = NodeColumns.of([everyone[i] for i in scorable])
+        local = node_local_features_columns(columns, request) if len(columns) else None
+        hit = cls(columns, position, rows_valid(columns), local)
+        if len(memo) >= MAX_FEATURE_MEMOS:
+            memo.clear()
+        memo[key] = hit
+        return hit

@@ -9,16 +9,23 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from prometheus_client import CollectorRegistry
 
 from ecrl.errors import Temporary
+from ecrl.placement import NodeColumns
 from services.policy_server.config import ServerConfig
 from services.policy_server.server import PolicyServer
 from services.scheduler_extender.cache import build_snapshot
-from services.scheduler_extender.gpu import ClusterSnapshot
-from services.scheduler_extender.mirror import MirroredScorer, Where
+from services.scheduler_extender.gpu import ClusterSnapshot, pod_request
+from services.scheduler_extender.mirror import (
+    MirroredScorer,
+    Where,
+    _local_of,
+    _local_table,
+)
 from services.scheduler_extender.scoring import PolicyServerScorer, priority_scores
 from services.scheduler_extender.wire import Pod, parse_pod
 from tests.integration.test_extender_policy_server import SCORER
@@ -181,3 +188,43 @@ def test_sync_thread_follows_and_stops() -> None:
         finally:
             mirror.stop()
     assert not mirror._thread.is_alive()
+
+
+class Recorder:
+    """A scorer double that keeps every feature matrix it is given."""
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def score_features(self, x: np.ndarray) -> np.ndarray:
+        self.seen.append(x.copy())
+        return x.astype(float).sum(axis=1)
+
+
+def test_memoized_table_gives_bit_identical_features_and_the_same_checks() -> None:
+    """The per-snapshot halves (features of each node alone, per-node checks) then the mean
+    over the candidates: the graph sees exactly the matrix ScoreNodes' own code builds."""
+    rng = random.Random(99)
+    compared = 0
+    for _ in range(400):
+        snap, pod, names = cluster(rng)
+        rows = snap.table.rows(names)
+        states = snap.table.node_states(snap, names, rows, pod)
+        known = [s for s in states if s is not None]
+        if not known:
+            continue
+        fast, slow = Recorder(), Recorder()
+        got = _local_table((Where.LEARNED, fast), snap, names, rows, pod)
+        known_names, direct = _local_of(
+            (Where.LEARNED, slow), NodeColumns.of(known), pod_request(pod)
+        )
+        want = None
+        if direct is not None:
+            by_name = dict(zip(known_names, direct, strict=True))
+            want = [by_name.get(n, 0) for n in names]
+        assert got == want
+        assert len(fast.seen) == len(slow.seen)
+        for a, b in zip(fast.seen, slow.seen, strict=True):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+        compared += len(fast.seen)
+    assert compared > 300
