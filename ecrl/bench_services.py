@@ -674,6 +674,113 @@ def bench_extender(
         _stop("extender")
 
 
+def empty_wsgi_app(environ: dict, start_response: Callable) -> list[bytes]:
+    """Reads the body, answers 27 bytes: what any /prioritize pays before the extender works."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    environ["wsgi.input"].read(length)
+    body = b'[{"Host":"box","Score":10}]'
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "27")])
+    return [body]
+
+
+def serve_http_floor(port: int) -> None:
+    """:func:`empty_wsgi_app` on gunicorn with the extender's own settings (worker class,
+    threads, keep-alive, logging): ``python -c 'from ecrl.bench_services import
+    serve_http_floor; serve_http_floor(PORT)'``."""
+    from gunicorn.app.base import BaseApplication
+
+    from services.scheduler_extender.__main__ import gunicorn_options
+    from services.scheduler_extender.config import ExtenderConfig
+
+    options = gunicorn_options(ExtenderConfig(port=port, log_level="warning"))
+
+    class Floor(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return empty_wsgi_app
+
+    Floor().run()
+
+
+def bench_http_floor(body: bytes, requests: int = 2000, trials: int = 3) -> Latency:
+    """Sequential POSTs of the /prioritize body to :func:`serve_http_floor` (the HTTP floor)."""
+    from ecrl.testbed import procs
+    from ecrl.testbed.procs import free_port
+
+    port = free_port()
+    code = f"from ecrl.bench_services import serve_http_floor; serve_http_floor({port})"
+    proc = _start("http-floor", [sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # no /readyz: poll until it answers
+            try:
+                conn = HTTPConnection("127.0.0.1", port, timeout=10)
+                _post(conn, "/", body)
+                break
+            except OSError:
+                if time.monotonic() > deadline or not proc.alive():
+                    why = proc.log_tail(500)
+                    raise RuntimeError(f"the HTTP floor server did not start: {why}") from None
+                time.sleep(0.2)
+        for _ in range(300):
+            _post(conn, "/", body)
+        trial = [
+            Latency.of(_timed(lambda: _post(conn, "/", body), requests)) for _ in range(trials)
+        ]
+        conn.close()
+        return Latency.median_of(trial)
+    finally:
+        procs.stop(CLUSTER, "http-floor")
+
+
+@dataclass(frozen=True)
+class ScoringFigures:
+    """In-process scoring of one 100-node /prioritize (no HTTP): who scores, how fast."""
+
+    local: Latency
+    mirror: Latency
+    score_nodes: Latency
+
+
+def bench_scoring(calls: int = 3000) -> ScoringFigures:
+    """``priority_scores`` of a 100-node snapshot (the extender's nodes, no pod bound) through
+    the default scheduler's scores, the mirrored learned scorer and ``ScoreNodes`` of the
+    policy server (its own process, loopback): the scoring part of /prioritize alone."""
+    from prometheus_client import CollectorRegistry
+
+    from ecrl.testbed.procs import free_port
+    from services.policy_server.config import default_scorer_path
+    from services.scheduler_extender.cache import build_snapshot
+    from services.scheduler_extender.mirror import MirroredScorer, Where
+    from services.scheduler_extender.scoring import (
+        LocalScorer,
+        PolicyServerScorer,
+        priority_scores,
+    )
+    from services.scheduler_extender.wire import parse_pod
+
+    docs = node_manifests(EXTENDER_NODES)["items"]
+    names = [d["metadata"]["name"] for d in docs]
+    snapshot = build_snapshot(docs, [], time.time())
+    pod = parse_pod(gpu_pod())
+    with policy_server(free_port()) as target:
+        remote = PolicyServerScorer(target, timeout_s=2.0)
+        mirror = MirroredScorer(remote, default_scorer_path(), 60, CollectorRegistry())
+        if mirror.sync().where is not Where.LEARNED:
+            raise RuntimeError("the mirror did not confirm the policy server's scorer")
+        figures = []
+        for scorer in (LocalScorer(), mirror, remote):
+            for _ in range(300):
+                priority_scores(snapshot, pod, names, scorer)
+            figures.append(
+                Latency.of(_timed(lambda s=scorer: priority_scores(snapshot, pod, names, s), calls))
+            )
+    return ScoringFigures(*figures)
+
+
 # ------------------------------------------------------------------------ report
 def run(out: Callable[[str], None] = print) -> None:
     """Every service benchmark, printed; a skipped one says why and prints no figure."""
@@ -681,6 +788,11 @@ def run(out: Callable[[str], None] = print) -> None:
 
     out("\nservices (issue 5 targets), loopback, this machine:")
     run_decide(out)
+    sc = bench_scoring()
+    what = f"  scoring alone, {EXTENDER_NODES} nodes, in-process (no HTTP)"
+    out(latency_line(f"{what}: local, default scheduler", sc.local))
+    out(latency_line(f"{what}: mirrored learned scorer", sc.mirror))
+    out(latency_line(f"{what}: ScoreNodes over gRPC (policy server process)", sc.score_nodes))
     try:
         with testbed() as tb:
             t = bench_collector(tb)
@@ -692,6 +804,9 @@ def run(out: Callable[[str], None] = print) -> None:
             )
             names = ["box", *add_nodes(tb, EXTENDER_NODES - 1)]
             time.sleep(SETTLE_S)
+            body = json.dumps({"Pod": gpu_pod(), "Nodes": None, "NodeNames": names}).encode()
+            what = "  HTTP floor: an empty WSGI app on gunicorn with the extender's settings"
+            out(latency_line(what, bench_http_floor(body)))
             _extender_lines(out, bench_extender(tb, names, None))
             _extender_lines(out, bench_extender(tb, names, None, cache="list"))
             with policy_server(free_port()) as target:
