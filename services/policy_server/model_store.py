@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -160,6 +160,16 @@ def _outcome_of(reason: Fallback) -> str:
     return "schema_mismatch" if reason is Fallback.SCHEMA_MISMATCH else "invalid"
 
 
+class ModelMetrics(Protocol):
+    """What a :class:`WatchedModel` reports to: :class:`ServerMetrics` in the policy server,
+    the extender's own metrics where it mirrors the scorer."""
+
+    reloads: Any
+    """A Counter labelled (component, outcome)."""
+
+    def set_state(self, component: str, version: str, schema_hash: str, reason: str) -> None: ...
+
+
 @dataclass
 class WatchedModel(Generic[T]):
     """One model file: the current snapshot, and :meth:`poll` to follow the file."""
@@ -168,7 +178,7 @@ class WatchedModel(Generic[T]):
     """``policy`` or ``scorer`` (log and metric label)."""
     path: str | None
     loader: Callable[[str], Candidate[T]]
-    metrics: ServerMetrics
+    metrics: ModelMetrics
     schema_hash: str
     current: Loaded[T] = field(init=False)
     _stat: tuple[int, int, int] | None = field(default=None, init=False)

@@ -163,11 +163,7 @@ class MirroredScorer:
         self.sync_interval_s = sync_interval_s
         self.metrics = MirrorMetrics(registry)
         self.local: WatchedModel[NodeScorer] = WatchedModel(
-            "scorer",
-            model_path,
-            load_scorer,
-            self.metrics,
-            NODE_SCHEMA_HASH,  # type: ignore[arg-type]
+            "scorer", model_path, load_scorer, self.metrics, NODE_SCHEMA_HASH
         )
         self._route: tuple[Where, NodeScorer | None] = (Where.POLICY_SERVER, None)
         """Who answers, and the model when it is the local learned one: one reference, so
