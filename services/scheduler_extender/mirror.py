@@ -271,16 +271,21 @@ def _local_table(
     """The candidates' priorities computed here (``route`` says how), or None: the policy
     server answers this one."""
     table = snapshot.table
-    states = table.node_states(snapshot, node_names, rows, pod)
-    known = [s for s in states if s is not None]
-    if not known:
-        return [NEUTRAL_PRIORITY] * len(node_names)
     request = pod_request(pod)
     own = table.own_rows(pod)
     if own and not own.isdisjoint(rows):  # states of their own: read them directly
+        states = table.node_states(snapshot, node_names, rows, pod)
+        known = [s for s in states if s is not None]
+        if not known:
+            return [NEUTRAL_PRIORITY] * len(node_names)
         names, local = _local_of(route, NodeColumns.of(known), request)
-    else:
-        names, local = _local_of_table(route, TableFeatures.of(snapshot, pod), rows, request)
+    else:  # the candidates' states are the table's: select their rows
+        tf = TableFeatures.of(snapshot, pod, request)
+        at = tf.position[np.asarray(rows, dtype=np.intp)]
+        sel = at[at >= 0]
+        if not len(sel):  # no candidate has a state
+            return [NEUTRAL_PRIORITY] * len(node_names)
+        names, local = _local_of_table(route, tf, sel, request)
     if local is None:
         return None
     by_name = dict(zip(names, local, strict=True))
@@ -306,13 +311,11 @@ def _local_of(
 
 
 def _local_of_table(
-    route: tuple[Where, NodeScorer | None], tf: TableFeatures, rows: list[int], pod: PodRequest
+    route: tuple[Where, NodeScorer | None], tf: TableFeatures, sel: np.ndarray, pod: PodRequest
 ) -> tuple[tuple[str, ...], list[int] | None]:
-    """:func:`_local_of` of the candidates' rows of the memoized table: the same checks and
+    """:func:`_local_of` of the rows ``sel`` of the memoized table: the same checks and
     arithmetic, the per-node halves done once per snapshot (``rows_valid``, the features of
     each node alone); only the mean over the candidates and the graph run are per request."""
-    at = tf.position[np.asarray(rows, dtype=np.intp)]
-    sel = at[at >= 0]
     where, model = route
     if where is not Where.LEARNED or tf.local is None:
         return _local_of(route, tf.columns.take(sel), pod)
@@ -350,9 +353,9 @@ class TableFeatures:
     """``node_local_features_columns(columns, pod)``; None when it declines (any row)."""
 
     @classmethod
-    def of(cls, snapshot: ClusterSnapshot, pod: Pod) -> TableFeatures:
+    def of(cls, snapshot: ClusterSnapshot, pod: Pod, request: PodRequest) -> TableFeatures:
+        """The memoized features for ``pod`` (``request`` = ``pod_request(pod)``)."""
         table = snapshot.table
-        request = pod_request(pod)
         memo = table.scratch.setdefault(FEATURE_MEMO, {})
         key = (pod.app, request.cpu_cores, request.memory_bytes)
         hit = memo.get(key)
