@@ -258,6 +258,28 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reexport(args: argparse.Namespace) -> int:
+    try:
+        from ecrl.rl.export import ExportError, reexport_onnx
+    except ModuleNotFoundError as exc:
+        return missing_extra("reexport", exc.name, "train")
+    import tempfile
+
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory() as tmp:  # --out may be the source itself
+        staged = Path(tmp) / out.name
+        try:
+            report = reexport_onnx(args.policy, staged)
+        except ExportError as exc:
+            print(f"ecrl reexport: error: {exc}", file=sys.stderr)
+            return 1
+        install(str(staged), str(out))
+    print(
+        f"wrote {out} ({report.bytes:,} bytes, opset {report.opset}): the answers of {args.policy}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecrl", description="Learned GPU-inference control: twin, policies, experiments."
@@ -293,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--install", default=None, help="copy the exported policy.onnx here")
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     tr.set_defaults(func=_train)
+    rex = sub.add_parser(
+        "reexport",
+        help="write an exported policy again with this build's graph (same weights, same answers)",
+        epilog="example: ecrl reexport ecrl/models/rl-policy.onnx --out ecrl/models/rl-policy.onnx",
+    )
+    rex.add_argument("policy", help="an ONNX policy written by `ecrl train`")
+    rex.add_argument("--out", required=True, help="where to write it (may be the same path)")
+    rex.set_defaults(func=_reexport)
     add_placement_parser(sub, _csv)
     cal = sub.add_parser(
         "calibrate",

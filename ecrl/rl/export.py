@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 
 from ecrl import actions
 from ecrl.errors import Permanent
@@ -161,3 +163,94 @@ def export_onnx(
         schema_hash=SCHEMA_HASH,
         train_config_hash=model.metadata["ecrl.train_config_hash"],
     )
+
+
+class _Graph:
+    """An exported policy graph read back: its constants, and who produces or reads what."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.nodes = list(proto.graph.node)
+        self.weights = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+        self.producer = {out: node for node in self.nodes for out in node.output}
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.nodes:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
+
+    def constant(self, name: str) -> np.ndarray:
+        """An initializer, through any Identity nodes in front of it."""
+        while name not in self.weights and self._made_by(name, "Identity"):
+            name = self.producer[name].input[0]
+        return self.weights[name]
+
+    def _made_by(self, name: str, op: str) -> bool:
+        return name in self.producer and self.producer[name].op_type == op
+
+    def _read_by(self, name: str, op: str) -> list[onnx.NodeProto]:
+        return [n for n in self.readers.get(name, []) if n.op_type == op]
+
+    def normalization(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mean and standard deviation of ``(state - mean) / std``."""
+        sub = next(n for n in self.nodes if n.op_type == "Sub" and n.input[0] == STATE_INPUT)
+        div = self._read_by(sub.output[0], "Div")[0]
+        return self.constant(sub.input[1]), self.constant(div.input[1])
+
+    def mlps(self) -> dict[str, np.ndarray]:
+        """``actor.*`` and ``critic.*`` parameters, found by structure: each MLP is a chain of
+        Gemm → Tanh → Gemm … starting at a clipped normalization (torch shares initializers
+        of equal value, so their names do not say which layer they belong to)."""
+        params: dict[str, np.ndarray] = {}
+        firsts = [
+            n for n in self.nodes if n.op_type == "Gemm" and self._made_by(n.input[0], "Clip")
+        ]
+        for gemm in firsts:
+            chain = [gemm]
+            while tanh := self._read_by(chain[-1].output[0], "Tanh"):
+                chain.append(self._read_by(tanh[0].output[0], "Gemm")[0])
+            net = "critic" if self.constant(chain[-1].input[1]).shape[0] == 1 else "actor"
+            for layer, node in zip((0, 2, 4), chain, strict=True):
+                params[f"{net}.{layer}.weight"] = self.constant(node.input[1])
+                params[f"{net}.{layer}.bias"] = self.constant(node.input[2])
+        return params
+
+
+def agent_of_onnx(path: str | Path) -> tuple[Agent, dict[str, object]]:
+    """The agent an exported policy holds (its weights and normalization) and its training
+    config, for :func:`reexport_onnx`. ExportError when the file is not an ECRL policy."""
+    try:
+        proto = onnx.load(str(path))
+    except (OSError, DecodeError) as exc:
+        raise ExportError(f"{path}: cannot read it as ONNX ({exc})") from exc
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("ecrl.kind") != KIND or "ecrl.train_config" not in meta:
+        raise ExportError(f"{path}: not an ECRL scaling policy (no {KIND!r} metadata)")
+    graph = _Graph(proto)
+    try:
+        mean, std = graph.normalization()
+        params = graph.mlps()
+        agent = Agent(STATE_DIM, actions.NVEC, hidden=int(params["actor.0.weight"].shape[0]))
+        wanted = [k for k in agent.state_dict() if k.startswith(("actor.", "critic."))]
+        agent.load_state_dict({k: torch.from_numpy(params[k].copy()) for k in wanted}, strict=False)
+    except (StopIteration, IndexError, KeyError, ValueError, RuntimeError) as exc:
+        raise ExportError(f"{path}: not a graph this exporter wrote ({exc!r})") from exc
+    with torch.no_grad():  # forward computes sqrt(var + 1e-8) in float64, then casts to float32
+        agent.obs_rms.mean.copy_(torch.from_numpy(mean.astype(np.float64)))
+        agent.obs_rms.var.copy_(torch.from_numpy(std.astype(np.float64) ** 2 - 1e-8))
+    return agent.eval(), json.loads(meta["ecrl.train_config"])
+
+
+def reexport_onnx(src: str | Path, dst: str | Path) -> ExportReport:
+    """Write the policy at ``src`` again with this build's graph: the same weights,
+    normalization and metadata, so the same answers (checked: ExportError unless every greedy
+    action, logit and value equals the old file's on the parity batch)."""
+    agent, train_config = agent_of_onnx(src)
+    report = export_onnx(agent, dst, train_config)
+    states, masks = parity_inputs(agent)
+    old, new = (
+        PolicyModel.load(src).decide_raw(states, masks),
+        PolicyModel.load(dst).decide_raw(states, masks),
+    )
+    for name in ("action", "logits", "value"):
+        if not np.array_equal(getattr(old, name), getattr(new, name)):
+            raise ExportError(f"{dst}: {name} differs from {src}; the re-export changed answers")
+    return report

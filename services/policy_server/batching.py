@@ -3,8 +3,10 @@
 Triton's dynamic batching, at the scale of one event loop: a validated request joins the
 batch of its loop turn, and the batch is decided right after that turn, in one ONNX run.
 Under concurrency the graph run (the largest part of a decision's CPU time) is paid once per
-batch instead of once per call; a lone request waits one loop turn (tens of microseconds).
-The graph is row-independent, so each request gets the answer it would get alone.
+batch instead of once per call. A request that nothing else can join is decided at once: when
+the loop has no other callback ready, no other call can reach the batcher in this turn, and
+waiting for the turn's end would only add two loop iterations to a sequential caller's
+latency. The graph is row-independent, so each request gets the answer it would get alone.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class DecideBatcher:
 
     async def decide(self, request: Valid) -> Decision:
         loop = asyncio.get_running_loop()
+        if not self._pending and not _others_ready(loop):
+            self._observe_batch(1)
+            return self._decide_valid([request])[0]
         future: asyncio.Future[Decision] = loop.create_future()
         self._pending.append((request, future))
         if len(self._pending) == 1:
@@ -63,3 +68,11 @@ class DecideBatcher:
             for (_, future), decision in zip(batch, decisions, strict=True):
                 if not future.done():  # a cancelled call (client gone) needs no answer
                     future.set_result(decision)
+
+
+def _others_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the loop has callbacks ready to run in this turn (tasks of other calls among
+    them). CPython's event loops keep them in ``_ready``; a loop without it (uvloop) is
+    assumed busy, which only costs the lone request its turn."""
+    ready = getattr(loop, "_ready", None)
+    return True if ready is None else bool(ready)

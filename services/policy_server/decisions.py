@@ -234,6 +234,11 @@ def _run_policy(
     return actions, np.asarray(value, dtype=float).reshape(-1).tolist()
 
 
+def _rows(arrays: list[np.ndarray]) -> np.ndarray:
+    """The arrays as the rows of one ``[N, ·]`` array (a lone request: a view, no copy)."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+
+
 class PolicyCore:
     """Decide, score and describe over a :class:`ModelStore` (no gRPC here)."""
 
@@ -274,8 +279,8 @@ class PolicyCore:
         try:
             actions, values = _run_policy(
                 snap.model,
-                np.stack([x for x, _ in requests]),
-                np.stack([m for _, m in requests]),
+                _rows([x for x, _ in requests]),
+                _rows([m for _, m in requests]),
             )
         except InvalidRequest:
             raise

@@ -98,3 +98,38 @@ def test_a_cancelled_caller_does_not_stop_the_others():
         return await kept
 
     assert asyncio.run(main()).action == (2,)
+
+
+def _without_suspending(coro) -> Decision:
+    """Run a coroutine one step; it must finish in that step (no await that yields)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise AssertionError("the coroutine waited for a later loop turn")
+
+
+def test_a_request_nothing_else_can_join_is_decided_without_waiting_for_the_turn():
+    rec = Recorder()
+
+    async def main() -> Decision:
+        return _without_suspending(_batcher(rec).decide(_request(4)))
+
+    assert asyncio.run(main()).action == (4,)
+    assert rec.calls == [1] and rec.sizes == [1]
+
+
+def test_a_request_waits_for_the_turn_when_other_callbacks_are_ready():
+    rec = Recorder()
+
+    async def main() -> Decision:
+        batcher = _batcher(rec)
+        asyncio.get_running_loop().call_soon(lambda: None)  # something else runs this turn
+        pending = batcher.decide(_request(6))
+        with pytest.raises(AssertionError, match="later loop turn"):
+            _without_suspending(pending)
+        assert rec.calls == []
+        return await batcher.decide(_request(7))
+
+    assert asyncio.run(main()).action == (7,)

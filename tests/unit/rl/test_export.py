@@ -15,8 +15,14 @@ from ecrl import actions
 from ecrl.errors import Permanent
 from ecrl.policy_model import PolicyModel
 from ecrl.rl import export
-from ecrl.rl.agent import Agent
-from ecrl.rl.export import ExportError, ExportReport, export_onnx, parity_inputs
+from ecrl.rl.agent import MASKED_LOGIT, Agent, greedy_heads, padded_head_index
+from ecrl.rl.export import (
+    ExportError,
+    ExportReport,
+    export_onnx,
+    parity_inputs,
+    reexport_onnx,
+)
 from ecrl.schema import SCHEMA_HASH, SCHEMA_VERSION, STATE_DIM, describe
 
 TRAIN_CONFIG = {"ppo": {"seed": 3, "lr": 3e-4}, "profile": "mnv4", "out": Path("runs/x")}
@@ -121,6 +127,77 @@ def test_onnx_matches_torch_within_1e_5_with_identical_greedy_actions(
     assert np.abs(got.value - value.numpy()).max() <= 1e-5
 
 
+def test_one_argmax_over_padded_heads_is_the_per_head_argmax() -> None:
+    """The serving path's single ArgMax picks what an argmax per head picks, ties included
+    (integer-valued logits tie often), and with every step but one of a head masked."""
+    torch.manual_seed(5)
+    agent = trained_like_agent()
+    n, width = 4000, sum(actions.NVEC)
+    logits = torch.randint(-2, 3, (n, width)).float()
+    masks = torch.rand(n, width) < 0.4
+    masks[:, list(np.add(actions.OFFSETS, actions.NOOP))] = True
+    masked = torch.where(masks, logits, MASKED_LOGIT)
+    padded = torch.nn.functional.pad(masked, (0, 1), value=MASKED_LOGIT)
+    per_head = padded[:, agent.head_index]
+    np.testing.assert_array_equal(per_head.argmax(dim=2), greedy_heads(masked, actions.NVEC))
+    states, masks_np = realistic_batch(agent, 500, seed=3)
+    with torch.no_grad():
+        action, logits_out, _ = agent(torch.from_numpy(states), torch.from_numpy(masks_np))
+    np.testing.assert_array_equal(action, greedy_heads(logits_out, actions.NVEC))
+
+
+def test_padded_head_index_lays_heads_side_by_side() -> None:
+    assert padded_head_index((3, 1, 2)).tolist() == [[0, 1, 2], [3, 6, 6], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("which", ["exported", "packaged"])
+def test_onnxruntime_runs_the_lean_graph(
+    which: str, exported: tuple[Agent, ExportReport], tmp_path: Path
+) -> None:
+    """One normalization, one ArgMax: after onnxruntime's optimizations the served graph has
+    the six Gemms and seven other nodes (the per-head graph had 26 nodes; each costs time).
+    The packaged policy was rewritten with ``ecrl reexport``."""
+    import onnxruntime as ort
+
+    from ecrl.policy_model import builtin_policy_path
+
+    path = exported[1].path if which == "exported" else builtin_policy_path()
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("ArgMax") == 1 and ops.count("Sub") == 1
+    assert len(ops) <= 13, ops
+
+
+def test_reexport_keeps_weights_metadata_and_answers(
+    exported: tuple[Agent, ExportReport], tmp_path: Path
+) -> None:
+    agent, report = exported
+    again = reexport_onnx(report.path, tmp_path / "again.onnx")
+    old, new = onnx.load(report.path), onnx.load(again.path)
+    assert {p.key: p.value for p in old.metadata_props} == {
+        p.key: p.value for p in new.metadata_props
+    }
+    assert again.train_config_hash == report.train_config_hash
+    constants = [sorted(i.raw_data or b"" for i in m.graph.initializer) for m in (old, new)]
+    assert constants[0] == constants[1]  # weights, mean and std: the same bytes
+    states, masks = realistic_batch(agent, 300, seed=11)
+    a, b = (PolicyModel.load(p).decide_raw(states, masks) for p in (report.path, again.path))
+    np.testing.assert_array_equal(a.action, b.action)
+    np.testing.assert_array_equal(a.logits, b.logits)
+    np.testing.assert_array_equal(a.value, b.value)
+
+
+def test_reexport_refuses_a_file_that_is_not_a_policy(tmp_path: Path) -> None:
+    from services.policy_server.config import default_scorer_path
+
+    scorer = default_scorer_path()
+    assert scorer is not None
+    with pytest.raises(ExportError, match="not an ECRL scaling policy"):
+        reexport_onnx(scorer, tmp_path / "x.onnx")
+
+
 def test_normalization_is_baked_into_the_graph(
     exported: tuple[Agent, ExportReport], tmp_path: Path
 ) -> None:
@@ -184,3 +261,32 @@ def test_report_serializes_to_json_for_the_training_result(
         "schema_hash",
         "train_config_hash",
     }
+
+
+def test_reexport_command_rewrites_the_packaged_policy_byte_for_byte(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The packaged policy was written by this command: doing it again changes no byte."""
+    from ecrl.cli import main
+    from ecrl.policy_model import builtin_policy_path
+
+    out = tmp_path / "rl-policy.onnx"
+    assert main(["reexport", builtin_policy_path(), "--out", str(out)]) == 0
+    assert out.read_bytes() == Path(builtin_policy_path()).read_bytes()
+    assert "the answers of" in capsys.readouterr().out
+    assert main(["reexport", str(tmp_path / "missing.onnx"), "--out", str(out)]) == 1
+    assert "cannot read it as ONNX" in capsys.readouterr().err
+
+
+def test_reexport_command_refuses_a_scorer_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ecrl.cli import main
+    from services.policy_server.config import default_scorer_path
+
+    scorer = default_scorer_path()
+    assert scorer is not None
+    assert main(["reexport", scorer, "--out", str(tmp_path / "x.onnx")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ecrl reexport: error:") and "\n" not in err
+    assert not (tmp_path / "x.onnx").exists()
