@@ -25,7 +25,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.client import HTTPConnection
 from pathlib import Path
 
@@ -193,15 +193,63 @@ def _stop(name: str) -> None:
     procs.stop(CLUSTER, name)
 
 
+@dataclass(frozen=True)
+class Pinning:
+    """Disjoint CPUs for the server process and the benchmark's client, the way gRPC's own
+    benchmark harness places them (``run_performance_tests.py`` gives server and client
+    separate cores). Unpinned on this 2-vCPU VM, the two processes and their gRPC threads
+    migrate between the CPUs: each hop starts on cold caches, which showed as ~0.2–0.3 ms of
+    Decide p99 with the same code. A Kubernetes pod gets the same with the kubelet's static
+    CPU manager (a Guaranteed pod with whole CPUs)."""
+
+    server: tuple[int, ...]
+    client: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"server on CPU {_cpus(self.server)}, client on CPU {_cpus(self.client)}"
+
+
+def _cpus(cpus: Sequence[int]) -> str:
+    return ",".join(str(c) for c in cpus)
+
+
+def pinning() -> Pinning | None:
+    """The last allowed CPU for the server, the others for the client; None where that is
+    impossible (one CPU, or no ``taskset`` from util-linux to start the server with)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        return None
+    return Pinning(server=tuple(cpus[-1:]), client=tuple(cpus[:-1]))
+
+
 @contextmanager
-def policy_server(port: int, log_level: str = "warning") -> Iterator[str]:
-    """``python -m services.policy_server`` with the packaged policy and scorer."""
+def client_on(cpus: Sequence[int] | None) -> Iterator[None]:
+    """Run the calling thread (and the threads it starts) on ``cpus``; None = unchanged."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@contextmanager
+def policy_server(
+    port: int, log_level: str = "warning", cpus: Sequence[int] | None = None
+) -> Iterator[str]:
+    """``python -m services.policy_server`` with the packaged policy and scorer (started on
+    ``cpus`` with ``taskset`` when given: every thread of the server inherits them)."""
     from services.policy_server.client import PolicyClient
 
     target = f"127.0.0.1:{port}"
+    on_cpus = ["taskset", "-c", _cpus(cpus)] if cpus else []
     proc = _start(
         "policy-server",
         [
+            *on_cpus,
             sys.executable,
             "-m",
             "services.policy_server",
@@ -348,6 +396,8 @@ def _rate_threads(client, state, mask, threads: int, duration_s: float) -> float
 
 @dataclass(frozen=True)
 class DecideFigures:
+    pinning: str
+    """Where the server and the client ran (:meth:`Pinning.describe`), '' = unpinned."""
     client: Latency
     """Sequential, through :class:`services.policy_server.client.PolicyClient`."""
     raw_stub: Latency
@@ -364,6 +414,10 @@ class DecideFigures:
     gRPC itself costs on this machine (a Decide cannot be faster)."""
     floor_rate: float
     """The same empty call's rate with the primary throughput method."""
+    unpinned_client: Latency | None
+    """The sequential figure again with both processes free to migrate (None: not pinned)."""
+    unpinned_rate_aio: float | None
+    """The primary throughput figure again, unpinned (None: not pinned)."""
 
 
 async def _rate_aio_floor(target: str, in_flight: int, duration_s: float) -> float:
@@ -396,15 +450,65 @@ def bench_decide(
     processes: int = 2,
     duration_s: float = 3.0,
     in_flight: int = DECIDE_IN_FLIGHT,
+    pin: Pinning | None = None,
 ) -> DecideFigures:
-    """The policy server as its own process, the packaged ONNX policy, a twin state."""
+    """The policy server as its own process, the packaged ONNX policy, a twin state; with
+    ``pin``, server and client on disjoint CPUs, then the two target figures unpinned."""
+    state, mask = _twin_state()
+    pinned = _decide_all(state, mask, calls, trials, threads, processes, duration_s, in_flight, pin)
+    if pin is None:
+        return pinned
+    seq, rate = _decide_targets(state, mask, calls, trials, duration_s, in_flight)
+    return replace(pinned, unpinned_client=seq, unpinned_rate_aio=rate)
+
+
+def _decide_targets(
+    state: list[float],
+    mask: list[bool],
+    calls: int,
+    trials: int,
+    duration_s: float,
+    in_flight: int,
+) -> tuple[Latency, float]:
+    """The sequential latency and the primary throughput alone, nothing pinned."""
+    from ecrl.testbed.procs import free_port
+    from services.policy_server.client import PolicyClient
+
+    with policy_server(free_port()) as target, PolicyClient(target, timeout_s=2.0) as client:
+        for _ in range(500):
+            client.decide(state, mask)
+        seq = [Latency.of(_timed(lambda: client.decide(state, mask), calls)) for _ in range(trials)]
+        by_aio = [
+            asyncio.run(_rate_aio(target, state, mask, in_flight, duration_s))
+            for _ in range(trials)
+        ]
+    return Latency.median_of(seq), statistics.median(by_aio)
+
+
+def _decide_all(
+    state: list[float],
+    mask: list[bool],
+    calls: int,
+    trials: int,
+    threads: int,
+    processes: int,
+    duration_s: float,
+    in_flight: int,
+    pin: Pinning | None,
+) -> DecideFigures:
+    from grpc_health.v1 import health_pb2
+
     from ecrl.schema import SCHEMA_HASH, SCHEMA_VERSION
     from ecrl.testbed.procs import free_port
     from ecrl.v1 import policy_pb2, state_pb2
     from services.policy_server.client import PolicyClient
 
-    state, mask = _twin_state()
-    with policy_server(free_port()) as target, PolicyClient(target, timeout_s=2.0) as client:
+    server_cpus = pin.server if pin else None
+    with (
+        client_on(pin.client if pin else None),
+        policy_server(free_port(), cpus=server_cpus) as target,
+        PolicyClient(target, timeout_s=2.0) as client,
+    ):
         for _ in range(500):
             client.decide(state, mask)
         seq = [Latency.of(_timed(lambda: client.decide(state, mask), calls)) for _ in range(trials)]
@@ -426,8 +530,6 @@ def bench_decide(
             _rate_threads(client, state, mask, threads, duration_s) for _ in range(trials)
         ]
         by_procs = [_rate_processes(target, processes, duration_s) for _ in range(trials)]
-        from grpc_health.v1 import health_pb2
-
         check = health_pb2.HealthCheckRequest()
         floor = [
             Latency.of(_timed(lambda: client.health.Check(check, timeout=2.0), calls))
@@ -437,6 +539,7 @@ def bench_decide(
             asyncio.run(_rate_aio_floor(target, in_flight, duration_s)) for _ in range(trials)
         ]
     return DecideFigures(
+        pin.describe() if pin else "",
         Latency.median_of(seq),
         Latency.median_of(raw),
         statistics.median(by_aio),
@@ -447,6 +550,8 @@ def bench_decide(
         processes,
         Latency.median_of(floor),
         statistics.median(floor_rate),
+        None,
+        None,
     )
 
 
@@ -819,10 +924,13 @@ def run(out: Callable[[str], None] = print) -> None:
 def run_decide(out: Callable[[str], None] = print) -> None:
     """The Decide lines of :func:`run` alone (no testbed needed):
     ``python -c 'from ecrl.bench_services import run_decide; run_decide()'``."""
-    d = bench_decide()
-    out(latency_line("  policy Decide, gRPC, PolicyClient, sequential", d.client, DECIDE_P99_MS))
+    pin = pinning()
+    d = bench_decide(pin=pin)
+    where = f" ({d.pinning})" if d.pinning else " (unpinned: one CPU, or no taskset)"
+    what = f"  policy Decide, gRPC, PolicyClient, sequential{where}"
+    out(latency_line(what, d.client, DECIDE_P99_MS))
     out(latency_line("  policy Decide, gRPC, raw stub, prebuilt request", d.raw_stub))
-    what = f"  policy Decide throughput, grpc.aio client, {d.in_flight} calls in flight"
+    what = f"  policy Decide throughput, grpc.aio client, {d.in_flight} calls in flight{where}"
     out(rate_line(what, d.rate_aio, DECIDE_RATE))
     what = f"    (secondary) {d.threads} threads × one PolicyClient"
     out(rate_line(what, d.rate_threads))
@@ -831,6 +939,11 @@ def run_decide(out: Callable[[str], None] = print) -> None:
     out(latency_line(what, d.floor, DECIDE_P99_MS))
     what = f"  gRPC floor: the same, grpc.aio, {d.in_flight} in flight"
     out(rate_line(what, d.floor_rate, unit="calls/s"))
+    if d.unpinned_client is not None and d.unpinned_rate_aio is not None:
+        what = "  (unpinned) policy Decide, PolicyClient, sequential, both processes on any CPU"
+        out(latency_line(what, d.unpinned_client, DECIDE_P99_MS))
+        what = f"  (unpinned) policy Decide throughput, grpc.aio client, {d.in_flight} in flight"
+        out(rate_line(what, d.unpinned_rate_aio, DECIDE_RATE))
 
 
 def _extender_lines(out: Callable[[str], None], e: ExtenderFigures) -> None:

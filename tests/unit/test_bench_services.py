@@ -8,10 +8,13 @@ import pytest
 
 from ecrl.bench_services import (
     Latency,
+    Pinning,
+    client_on,
     gpu_pod,
     latency_line,
     missing_testbed,
     node_manifests,
+    pinning,
     rate_line,
     verdict,
 )
@@ -81,3 +84,34 @@ def test_bench_nodes_are_distinct_gpu_nodes_the_extender_reads() -> None:
 def test_bench_pod_is_a_pending_one_slot_gpu_pod() -> None:
     args = parse_extender_args({"Pod": gpu_pod(), "Nodes": None, "NodeNames": ["a", "b"]})
     assert args.pod.gpu_slots == 1 and args.pod.node_name == "" and args.node_names == ("a", "b")
+
+
+def test_pinning_gives_server_and_client_disjoint_cpus_of_this_process() -> None:
+    import os
+    import shutil
+
+    pin = pinning()
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2 or shutil.which("taskset") is None:
+        assert pin is None
+        return
+    assert pin is not None
+    assert set(pin.server) | set(pin.client) == allowed
+    assert not set(pin.server) & set(pin.client) and pin.server and pin.client
+
+
+def test_pinning_describes_where_each_side_ran() -> None:
+    assert Pinning((1,), (0,)).describe() == "server on CPU 1, client on CPU 0"
+    assert Pinning((3,), (0, 1, 2)).describe() == "server on CPU 3, client on CPU 0,1,2"
+
+
+def test_client_on_restores_the_affinity() -> None:
+    import os
+
+    before = os.sched_getaffinity(0)
+    one = min(before)
+    with client_on([one]):
+        assert os.sched_getaffinity(0) == {one}
+    assert os.sched_getaffinity(0) == before
+    with client_on(None):
+        assert os.sched_getaffinity(0) == before
