@@ -238,31 +238,40 @@ def client_on(cpus: Sequence[int] | None) -> Iterator[None]:
 
 @contextmanager
 def policy_server(
-    port: int, log_level: str = "warning", cpus: Sequence[int] | None = None
+    port: int,
+    log_level: str = "warning",
+    cpus: Sequence[int] | None = None,
+    name: str = "policy-server",
+    root: Path = REPO,
+    policy: str | None = None,
 ) -> Iterator[str]:
     """``python -m services.policy_server`` with the packaged policy and scorer (started on
-    ``cpus`` with ``taskset`` when given: every thread of the server inherits them)."""
+    ``cpus`` with ``taskset`` when given: every thread of the server inherits them). ``name``
+    tells side-by-side servers apart; ``root`` is the checkout whose server code runs (another
+    worktree, for an A/B) and ``policy`` another ONNX policy file."""
     from services.policy_server.client import PolicyClient
 
     target = f"127.0.0.1:{port}"
     on_cpus = ["taskset", "-c", _cpus(cpus)] if cpus else []
-    proc = _start(
-        "policy-server",
-        [
-            *on_cpus,
-            sys.executable,
-            "-m",
-            "services.policy_server",
-            "--listen",
-            target,
-            "--metrics-listen",
-            "",
-            "--reload-interval",
-            "0",
-            "--log-level",
-            log_level,
-        ],
-    )
+    argv = [
+        *on_cpus,
+        sys.executable,
+        "-m",
+        "services.policy_server",
+        "--listen",
+        target,
+        "--metrics-listen",
+        "",
+        "--reload-interval",
+        "0",
+        "--log-level",
+        log_level,
+    ]
+    if policy is not None:
+        argv += ["--policy", policy]
+    from ecrl.testbed import procs
+
+    proc = procs.start(CLUSTER, name, argv, cwd=root)
     try:
         with PolicyClient(target, timeout_s=1.0) as client:
             deadline = time.monotonic() + 60
@@ -272,7 +281,7 @@ def policy_server(
                 time.sleep(0.2)
         yield target
     finally:
-        _stop("policy-server")
+        _stop(name)
 
 
 # ------------------------------------------------------------------------ Decide
