@@ -216,6 +216,8 @@ def _cpus(cpus: Sequence[int]) -> str:
 def pinning() -> Pinning | None:
     """The last allowed CPU for the server, the others for the client; None where that is
     impossible (one CPU, or no ``taskset`` from util-linux to start the server with)."""
+    if not hasattr(os, "sched_getaffinity"):  # not Linux
+        return None
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2 or shutil.which("taskset") is None:
         return None

@@ -244,12 +244,10 @@ def reexport_onnx(src: str | Path, dst: str | Path) -> ExportReport:
     normalization and metadata, so the same answers (checked: ExportError unless every greedy
     action, logit and value equals the old file's on the parity batch)."""
     agent, train_config = agent_of_onnx(src)
-    report = export_onnx(agent, dst, train_config)
     states, masks = parity_inputs(agent)
-    old, new = (
-        PolicyModel.load(src).decide_raw(states, masks),
-        PolicyModel.load(dst).decide_raw(states, masks),
-    )
+    old = PolicyModel.load(src).decide_raw(states, masks)  # before ``dst`` may replace ``src``
+    report = export_onnx(agent, dst, train_config)
+    new = PolicyModel.load(dst).decide_raw(states, masks)
     for name in ("action", "logits", "value"):
         if not np.array_equal(getattr(old, name), getattr(new, name)):
             raise ExportError(f"{dst}: {name} differs from {src}; the re-export changed answers")

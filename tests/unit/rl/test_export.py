@@ -189,6 +189,27 @@ def test_reexport_keeps_weights_metadata_and_answers(
     np.testing.assert_array_equal(a.value, b.value)
 
 
+def test_reexport_in_place_still_compares_with_the_old_file(
+    exported: tuple[Agent, ExportReport], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dst == src`` must compare against the answers of the file as it was, not itself."""
+    import shutil
+
+    path = tmp_path / "same.onnx"
+    shutil.copyfile(exported[1].path, path)
+    reexport_onnx(path, path)  # the same agent: equal answers, accepted
+    changed = export.agent_of_onnx(path)[0]
+    with torch.no_grad():
+        changed.actor[4].bias.add_(1.0)
+
+    def shifted(_: object) -> tuple[Agent, dict[str, object]]:
+        return changed, {}
+
+    monkeypatch.setattr(export, "agent_of_onnx", shifted)
+    with pytest.raises(ExportError, match="differs from"):
+        reexport_onnx(path, path)
+
+
 def test_reexport_refuses_a_file_that_is_not_a_policy(tmp_path: Path) -> None:
     from services.policy_server.config import default_scorer_path
 
