@@ -23,7 +23,6 @@ Example — this session's code against the previous commit, and pinned against 
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecrl.bench_services import REPO, _twin_state, client_on, policy_server
+from ecrl.bench_services import REPO, _timed, _twin_state, client_on, policy_server
 
 KEYS = ("root", "policy", "server-cpus", "client-cpus")
 
@@ -129,14 +128,10 @@ def compare(variants: Sequence[Variant], rounds: int, calls: int, warmup: int = 
             for v, client in zip(variants, clients, strict=True):
                 with client_on(v.client_cpus):
                     t = out[v.name]
-                    for _ in range(calls):
-                        start = time.perf_counter()
-                        client.decide(state, mask)
-                        t.decide.append(time.perf_counter() - start)
-                    for _ in range(calls // 3):
-                        start = time.perf_counter()
-                        client.health.Check(check, timeout=2.0)
-                        t.empty.append(time.perf_counter() - start)
+                    t.decide += _timed(lambda c=client: c.decide(state, mask), calls)
+                    t.empty += _timed(
+                        lambda c=client: c.health.Check(check, timeout=2.0), calls // 3
+                    )
     return out
 
 

@@ -181,10 +181,10 @@ def gpu_pod(name: str = "bench-pod") -> dict:
 
 
 # ------------------------------------------------------------------------ processes
-def _start(name: str, argv: list[str]):
+def _start(name: str, argv: list[str], cwd: Path = REPO):
     from ecrl.testbed import procs
 
-    return procs.start(CLUSTER, name, argv, cwd=REPO)
+    return procs.start(CLUSTER, name, argv, cwd=cwd)
 
 
 def _stop(name: str) -> None:
@@ -271,9 +271,7 @@ def policy_server(
     ]
     if policy is not None:
         argv += ["--policy", policy]
-    from ecrl.testbed import procs
-
-    proc = procs.start(CLUSTER, name, argv, cwd=root)
+    proc = _start(name, argv, cwd=root)
     try:
         with PolicyClient(target, timeout_s=1.0) as client:
             deadline = time.monotonic() + 60
@@ -486,14 +484,29 @@ def _decide_targets(
     from services.policy_server.client import PolicyClient
 
     with policy_server(free_port()) as target, PolicyClient(target, timeout_s=2.0) as client:
-        for _ in range(500):
-            client.decide(state, mask)
-        seq = [Latency.of(_timed(lambda: client.decide(state, mask), calls)) for _ in range(trials)]
-        by_aio = [
-            asyncio.run(_rate_aio(target, state, mask, in_flight, duration_s))
-            for _ in range(trials)
-        ]
+        seq, by_aio = _targets_of(client, target, state, mask, calls, trials, duration_s, in_flight)
     return Latency.median_of(seq), statistics.median(by_aio)
+
+
+def _targets_of(
+    client,
+    target: str,
+    state: list[float],
+    mask: list[bool],
+    calls: int,
+    trials: int,
+    duration_s: float,
+    in_flight: int,
+) -> tuple[list[Latency], list[float]]:
+    """Warm up, then the trials of the two target figures against a running server: the
+    sequential ``PolicyClient`` latency and the ``grpc.aio`` throughput."""
+    for _ in range(500):
+        client.decide(state, mask)
+    seq = [Latency.of(_timed(lambda: client.decide(state, mask), calls)) for _ in range(trials)]
+    by_aio = [
+        asyncio.run(_rate_aio(target, state, mask, in_flight, duration_s)) for _ in range(trials)
+    ]
+    return seq, by_aio
 
 
 def _decide_all(
@@ -520,9 +533,7 @@ def _decide_all(
         policy_server(free_port(), cpus=server_cpus) as target,
         PolicyClient(target, timeout_s=2.0) as client,
     ):
-        for _ in range(500):
-            client.decide(state, mask)
-        seq = [Latency.of(_timed(lambda: client.decide(state, mask), calls)) for _ in range(trials)]
+        seq, by_aio = _targets_of(client, target, state, mask, calls, trials, duration_s, in_flight)
         request = policy_pb2.DecideRequest(
             state=state_pb2.StateVector(
                 schema_version=SCHEMA_VERSION, schema_hash=SCHEMA_HASH, values=state
@@ -531,10 +542,6 @@ def _decide_all(
         )
         raw = [
             Latency.of(_timed(lambda: client.stub.Decide(request, timeout=2.0), calls))
-            for _ in range(trials)
-        ]
-        by_aio = [
-            asyncio.run(_rate_aio(target, state, mask, in_flight, duration_s))
             for _ in range(trials)
         ]
         by_threads = [

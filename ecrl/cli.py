@@ -266,7 +266,7 @@ def _reexport(args: argparse.Namespace) -> int:
     import tempfile
 
     out = Path(args.out)
-    with tempfile.TemporaryDirectory() as tmp:  # --out may be the source itself
+    with tempfile.TemporaryDirectory() as tmp:  # a refused re-export never reaches --out
         staged = Path(tmp) / out.name
         try:
             report = reexport_onnx(args.policy, staged)
